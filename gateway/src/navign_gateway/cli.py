@@ -1,0 +1,89 @@
+"""``navign-gateway``: the mall gateway's command line.
+
+Exit codes: 0 success, 1 failure, 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from navign_gateway import __version__
+from navign_gateway.config import DEFAULT_PATH, ConfigError, GatewayConfig, load_config
+from navign_gateway.identity import IdentityError, create_identity, load_identity
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(args.config)
+
+
+def _key_path(args: argparse.Namespace) -> Path:
+    if args.key is not None:
+        key: Path = args.key
+        return key
+    return _config(args).identity_key_path
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    token = "present (wiped after first registration)" if config.enrollment_token else "none"
+    print(
+        f"{args.config}: OK; gateway {config.orchestrator_id} of entity {config.entity_id}, "
+        f"server {config.server_url}, data in {config.data_dir}, enrollment token {token}"
+    )
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    identity = create_identity(_key_path(args))
+    print(f"wrote {identity.path} (mode 0600); fingerprint {identity.fingerprint}")
+    return 0
+
+
+def cmd_show_key(args: argparse.Namespace) -> int:
+    identity = load_identity(_key_path(args))
+    print(f"key id      {identity.key_id}")
+    print(f"fingerprint {identity.fingerprint}")
+    print(identity.public_pem, end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="navign-gateway", description="Navign mall gateway.")
+    parser.add_argument("--version", action="version", version=f"navign-gateway {__version__}")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_PATH, help=f"TOML file (default {DEFAULT_PATH})"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("check-config", help="validate the configuration and summarise it")
+    p.set_defaults(func=cmd_check_config)
+    for name, func, text in (
+        ("keygen", cmd_keygen, "create the gateway's identity key (never replaces one)"),
+        ("show-key", cmd_show_key, "print the public key and fingerprint for pre-registration"),
+    ):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("--key", type=Path, help="key file (default: <data_dir>/identity.pem)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"navign-gateway: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except IdentityError as exc:
+        print(f"navign-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

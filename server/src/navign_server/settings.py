@@ -1,0 +1,83 @@
+"""Server settings: environment variables ``NAVIGN_SERVER_*``, validated once in ``main()``."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDERS = ("changeme", "change-me", "password", "example", "secret", "xxx")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="NAVIGN_SERVER_", extra="forbid", frozen=True)
+
+    environment: Literal["development", "production"] = "production"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    #: The URL gateways use to reach this server; sync_endpoints in RegisterResponse derive from it.
+    public_url: str = "http://127.0.0.1:8000"
+    #: ``sqlite:///<path>`` (embedded default) or ``mongodb://...`` / ``mongodb+srv://...``.
+    database_url: str = "sqlite:///var/lib/navign-server/navign.db"
+    #: Holds the token signing keys (mode 0600).
+    data_dir: Path = Path("/var/lib/navign-server")
+    token_ttl_seconds: int = Field(3600, ge=60, le=86_400)
+    enrollment_token_max_ttl_seconds: int = Field(86_400, ge=60, le=86_400)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    sse_ping_seconds: float = Field(15.0, gt=0, le=300)
+    event_retention_days: int = Field(7, ge=1, le=365)
+    signature_max_skew_seconds: int = Field(300, ge=30, le=900)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("sqlite", "mongodb", "mongodb+srv"):
+            raise ValueError("must start with sqlite:///, mongodb:// or mongodb+srv://")
+        if scheme == "sqlite" and not value.startswith("sqlite:///"):
+            raise ValueError("SQLite URLs look like sqlite:///relative/path or sqlite:////abs/path")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Self:
+        if self.environment != "production":
+            return self
+        parts = urlsplit(self.public_url)
+        if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
+            raise ValueError("public_url must be https in production (gateways send tokens)")
+        password = urlsplit(self.database_url).password or ""
+        if any(word in password.lower() for word in _PLACEHOLDERS):
+            raise ValueError("database_url carries a placeholder password; set a real one")
+        return self
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for MongoDB."""
+        if not self.database_url.startswith("sqlite:///"):
+            return None
+        return Path(self.database_url.removeprefix("sqlite:///"))
