@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from navign_proto import keys
 from navign_proto.canonical import canonical_json
 from navign_proto.checksums import COLLECTIONS, MallChecksums, document_digest
+from navign_proto.mall import Chip
 from navign_proto.manifest import (
     PAYLOAD_TYPE,
     FileEntry,
@@ -373,7 +374,7 @@ def manifest_vectors() -> dict[str, Any]:
         name="navign-beacon-app",
         version="1.4.0",
         secure_version=2,
-        target="esp32c3",
+        target=Chip.ESP32C3,
         kind="app",
         files=[
             FileEntry(
@@ -389,7 +390,7 @@ def manifest_vectors() -> dict[str, Any]:
         name="navign-beacon-fw",
         version="2.0.0-rc.1",
         secure_version=3,
-        target="esp32",
+        target=Chip.ESP32,
         kind="image",
         image=ImageEntry(size=1_572_864, sha256="cd" * 32),
         created_at="2026-11-27T10:00:00Z",

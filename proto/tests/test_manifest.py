@@ -16,6 +16,7 @@ from navign_proto.errors import (
     ManifestPolicyError,
     ManifestSignatureError,
 )
+from navign_proto.mall import Chip
 from navign_proto.manifest import (
     ImageEntry,
     ReleaseManifest,
@@ -161,7 +162,7 @@ def test_app_file_paths_are_confined(path: str) -> None:
             name="app",
             version="1.0.0",
             secure_version=0,
-            target="esp32c3",
+            target=Chip.ESP32C3,
             kind="app",
             files=[{"path": path, "size": 1, "sha256": "a" * 64}],  # type: ignore[list-item]
             created_at="2026-11-27T10:00:00Z",
@@ -204,7 +205,7 @@ def test_app_bundle_files_and_verification(tmp_path: Path) -> None:
         name="app",
         version="1.0.0",
         secure_version=0,
-        target="esp32c3",
+        target=Chip.ESP32C3,
         kind="app",
         files=files,
         created_at="2026-11-27T10:00:00Z",

@@ -40,6 +40,7 @@ from navign_proto.errors import (
     ManifestSignatureError,
     SignatureError,
 )
+from navign_proto.mall import Chip
 from navign_proto.versions import compare_versions, validate_version
 
 SCHEMA: Final = "navign.release.v1"
@@ -47,10 +48,12 @@ PAYLOAD_TYPE = "application/vnd.navign.release-manifest+json"
 MAX_ENVELOPE_BYTES = 64 * 1024
 MAX_SIGNATURES = 8
 MAX_FILES = 256
+#: ESP32 flash is at most 16 MiB: no single artifact can be larger.
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
+#: Anti-rollback counters are unsigned 32-bit on the beacon.
+MAX_SECURE_VERSION = 2**32 - 1
 READ_CHUNK = 64 * 1024
 
-Chip = Literal["esp32", "esp32c3", "esp32c6", "esp32s3"]
 Kind = Literal["app", "image"]
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -127,8 +130,9 @@ class ReleaseManifest(_Strict):
     name: Annotated[str, AfterValidator(_check_name)]
     version: Version
     #: Anti-rollback counter: a beacon never installs a release below the value it stores.
-    secure_version: int = Field(ge=0, le=2**32 - 1)
-    target: Chip
+    secure_version: int = Field(ge=0, le=MAX_SECURE_VERSION)
+    # The mall model's Chip enum is the one list of targets; not strict, so "esp32c3" parses.
+    target: Annotated[Chip, Field(strict=False)]
     kind: Kind
     files: list[FileEntry] | None = Field(None, max_length=MAX_FILES)
     image: ImageEntry | None = None
