@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from navign_proto import keys
 from navign_proto.canonical import canonical_json
 from navign_proto.checksums import COLLECTIONS, MallChecksums, document_digest
+from navign_proto.mall import COLLECTIONS as MALL_MODELS
 from navign_proto.mall import Chip
 from navign_proto.manifest import (
     PAYLOAD_TYPE,
@@ -135,13 +136,13 @@ def canonical_vectors() -> dict[str, Any]:
     }
 
 
-MALL_DOCS: dict[str, list[dict[str, Any]]] = {
+_RAW_MALL_DOCS: dict[str, list[dict[str, Any]]] = {
     "areas": [
         {
             "id": "area-atrium",
             "entity_id": "mall-demo",
             "name": "Atrium",
-            "floor": {"type": "floor", "name": 1},
+            "floor": {"type": "floor", "number": 1},
             "polygon": [[0, 0], [40.5, 0], [40.5, 22.25], [0, 22.25]],
             "beacon_code": "A1",
         },
@@ -149,7 +150,7 @@ MALL_DOCS: dict[str, list[dict[str, Any]]] = {
             "id": "area-food-court",
             "entity_id": "mall-demo",
             "name": "Food Court \u7f8e\u98df\u5e7f\u573a",
-            "floor": {"type": "floor", "name": 2},
+            "floor": {"type": "floor", "number": 2},
             "polygon": [[0, 0], [30, 0], [30, 30], [0, 30]],
             "beacon_code": "F2",
         },
@@ -185,6 +186,14 @@ MALL_DOCS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+def _stored(collection: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A document in the form the server stores and serves: validated, defaults filled in."""
+    return MALL_MODELS[collection].model_validate(raw).document()
+
+
+MALL_DOCS = {c: [_stored(c, d) for d in docs] for c, docs in _RAW_MALL_DOCS.items()}
+
+
 def checksum_vectors() -> dict[str, Any]:
     docs = []
     for collection in COLLECTIONS:
@@ -205,17 +214,23 @@ def checksum_vectors() -> dict[str, Any]:
         collections[collection] = {"count": count, "total_hex": total, "checksum": digest.checksum}
 
     # One incremental step: update the beacon, delete the escalator, add a merchant.
-    updated_beacon = {**MALL_DOCS["beacons"][0], "name": "Atrium north (moved)", "minor": 2}
-    merchant = {
-        "id": "merchant-tea",
-        "entity_id": "mall-demo",
-        "area_id": "area-food-court",
-        "name": "Tea House",
-        "type": "food",
-        "location": {"x": 5, "y": 6},
-        "polygon": [[4, 5], [7, 5], [7, 8], [4, 8]],
-        "tags": [],
-    }
+    updated_beacon = _stored(
+        "beacons", {**MALL_DOCS["beacons"][0], "name": "Atrium north (moved)", "minor": 2}
+    )
+    merchant = _stored(
+        "merchants",
+        {
+            "id": "merchant-tea",
+            "entity_id": "mall-demo",
+            "area_id": "area-food-court",
+            "name": "Tea House",
+            "type": "food",
+            "location": {"x": 5, "y": 6},
+            "polygon": [[4, 5], [7, 5], [7, 8], [4, 8]],
+            "opening_hours": [[[36_000_000, 79_200_000]]] * 7,
+            "tags": [],
+        },
+    )
     after = state.with_digest(state.beacons.replace(MALL_DOCS["beacons"][0], updated_beacon))
     after = after.with_digest(after.connections.remove(MALL_DOCS["connections"][0]))
     after = after.with_digest(after.merchants.add(merchant))
@@ -302,12 +317,12 @@ def request_vectors() -> dict[str, Any]:
             "bm9uY2UtcmVnaXN0ZXIx",
         ),
         _request_case(
-            "refresh-empty-body",
+            "refresh",
             gateway,
             "POST",
             "/api/orchestrators/token",
             "",
-            b"",
+            canonical_json({"entity_id": "mall-demo", "orchestrator_id": "gw-mall-demo-1"}),
             1_795_000_100,
             "bm9uY2UtcmVmcmVzaDE",
         ),
@@ -451,6 +466,25 @@ def manifest_vectors() -> dict[str, Any]:
                     "keyid": keys.key_id(release.public_key()),
                     "sig": _b64(
                         keys.sign(release, pae(PAYLOAD_TYPE, evil_payload), deterministic=True)
+                    ),
+                }
+            ],
+        },
+        "invalid_format",
+    )
+    no_schema_payload = canonical_json(
+        {k: v for k, v in json.loads(payload).items() if k != "schema"}
+    )
+    add(
+        "signed-manifest-without-schema",
+        {
+            "payloadType": PAYLOAD_TYPE,
+            "payload": _b64(no_schema_payload),
+            "signatures": [
+                {
+                    "keyid": keys.key_id(release.public_key()),
+                    "sig": _b64(
+                        keys.sign(release, pae(PAYLOAD_TYPE, no_schema_payload), deterministic=True)
                     ),
                 }
             ],

@@ -180,3 +180,11 @@ def test_nonce_store_full_of_live_nonces_refuses() -> None:
     assert store.remember("b" * 16, NOW, now=NOW)
     assert not store.remember("c" * 16, NOW, now=NOW + 1)
     assert store.remember("c" * 16, NOW, now=NOW + 601)
+
+
+def test_query_with_non_utf8_escapes_is_refused() -> None:
+    """%FF and %FE would both decode to U+FFFD and so share one signature: refuse them."""
+    with pytest.raises(SignatureMalformedError):
+        canonical_query("a=%FF")
+    with pytest.raises(SignatureMalformedError):
+        verify_request(KEY.public_key(), "GET", "/p", "a=%FE", b"", signed(), now=NOW)

@@ -340,3 +340,16 @@ def test_version_vectors() -> None:
     for text in data["rejected"]:
         with pytest.raises(VersionError):
             parse_version(text)
+
+
+def test_checksum_documents_are_stored_mall_documents() -> None:
+    """The vectors' documents are what a server stores: valid, in their dumped form."""
+    from navign_proto.mall import COLLECTIONS as MALL_MODELS
+
+    data = load("checksums.json")
+    steps = data["incremental"]["steps"]
+    documents = [(d["collection"], d["document"]) for d in data["documents"]] + [
+        (s["collection"], s[k]) for s in steps for k in ("old", "new") if k in s
+    ]
+    for collection, document in documents:
+        assert MALL_MODELS[collection].model_validate(document).document() == document

@@ -383,7 +383,9 @@ def heartbeat_body(**changes: Any) -> dict[str, Any]:
 
 
 def test_heartbeat_request_round_trip() -> None:
-    assert_round_trip(HeartbeatRequest, json.dumps(heartbeat_body()))
+    assert_round_trip(HeartbeatRequest, json.dumps(heartbeat_body(acked_commands=["cmd-17"])))
+    # The seed's body, without our acknowledgement list, is accepted as it is.
+    assert HeartbeatRequest.model_validate(heartbeat_body()).acked_commands == []
 
 
 @pytest.mark.parametrize(
@@ -530,16 +532,20 @@ def test_task_create_event() -> None:
         "type": "delivery",
         "priority": "urgent",
         "entity_id": "mall-riverside",
-        "source": source,
-        "destination": {"area_id": "area-2f-east-wing", "x": 88.0, "y": 8.0, "z": 5.0},
+        "sources": [source],
+        "terminals": [
+            {"area_id": "area-2f-east-wing", "x": 88.0, "y": 8.0, "z": 5.0},
+            {"area_id": "area-2f-east-wing", "x": 90.0, "y": 9.0, "z": 5.0},
+        ],
         "metadata": {"order": "A-1001"},
         "created_at": "2025-01-08T10:41:00Z",
     }
     event = parse_event("task_create", json.dumps(data))
     assert isinstance(event, TaskCreateEvent)
     assert event.known_type is TaskType.DELIVERY
-    assert event.destination.z == 5.0
-    expected = data | {"source": source | {"z": 0.0}}
+    assert event.terminals[0].z == 5.0
+    assert len(event.terminals) == 2
+    expected = data | {"sources": [source | {"z": 0.0}]}
     assert json.loads(event.model_dump_json(exclude_none=True)) == expected
     odd = parse_event("task_create", json.dumps(data | {"type": "window_cleaning"}))
     assert isinstance(odd, TaskCreateEvent)
@@ -590,7 +596,16 @@ def test_unknown_event_type_is_tolerated(data: str | bytes) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    ["{not json", '{"seq": 1,', "[1, 2]", '"text"', "null", b"\xff\xfe{}"],
+    [
+        "{not json",
+        '{"seq": 1,',
+        "[1, 2]",
+        '"text"',
+        "null",
+        b"\xff\xfe{}",
+        '{"seq": 1, "seq": 2}',  # duplicate keys: two readers could see two messages
+        '{"seq": 1, "x": NaN}',  # NaN has no canonical form and would break checksums
+    ],
 )
 def test_malformed_event_raises(data: str | bytes) -> None:
     with pytest.raises(MalformedMessageError) as info:
@@ -606,7 +621,7 @@ def test_malformed_event_raises(data: str | bytes) -> None:
         ("data_update", '{"seq": 1}', "checksum"),
         ("data_update", '{"seq": 1, "checksum": "' + A + '", "changes": {"areas": "a1"}}', "areas"),
         ("resync_required", '{"reason": "x", "collections": ["robots"]}', "collections"),
-        ("task_create", '{"task_id": "t1"}', "source"),
+        ("task_create", '{"task_id": "t1"}', "sources"),
         (
             "firmware_update",
             json.dumps({k: v for k, v in FIRMWARE.items() if k != "checksum"}),

@@ -9,8 +9,9 @@ The canonical form is RFC 8785, the JSON Canonicalization Scheme (JCS):
 * numbers as ECMAScript prints them (``1.0`` → ``1``, ``1e21`` → ``1e+21``); integers must lie
   within ±(2**53 - 1) so every implementation reads them exactly; NaN and infinities are refused.
 
-We use the ``rfc8785`` package rather than ``json.dumps(sort_keys=True)``: Python's own float
-printing and key order differ from JCS for non-BMP keys and for numbers like ``1e21``.
+We use the ``rfc8785`` package rather than ``json.dumps(sort_keys=True)``: Python's own number
+printing differs from JCS (``1.0``, ``1e-07``, ``1e+16``) and so does its key order for keys
+outside the Basic Multilingual Plane.
 """
 
 from __future__ import annotations

@@ -298,6 +298,8 @@ def open_envelope(
         document = parse_json(payload)
     except CanonicalJSONError as exc:
         raise ManifestFormatError(f"manifest: {exc}") from exc
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise ManifestFormatError(f"manifest must declare schema {SCHEMA!r}")
     if canonical_json(document) != payload:
         raise ManifestFormatError("manifest payload is not in canonical form")
     try:

@@ -60,7 +60,12 @@ def body_sha256(body: bytes) -> str:
 
 def canonical_query(query: str) -> str:
     """Sort the query's pairs and encode them one way, whatever encoding the client used."""
-    pairs = parse_qsl(query, keep_blank_values=True)
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise SignatureMalformedError(
+            "query string has percent-escapes that are not UTF-8"
+        ) from exc
     return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(pairs))
 
 

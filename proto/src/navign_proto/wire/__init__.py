@@ -60,6 +60,7 @@ from navign_proto.wire.registration import (
     RegisterRequest,
     RegisterResponse,
     SyncEndpoints,
+    TokenRefreshRequest,
     TokenRefreshResponse,
 )
 from navign_proto.wire.sync import (
@@ -123,6 +124,7 @@ __all__ = [
     "TaskCreateEvent",
     "TaskLocation",
     "TaskType",
+    "TokenRefreshRequest",
     "TokenRefreshResponse",
     "UnknownEvent",
     "UtcDateTime",

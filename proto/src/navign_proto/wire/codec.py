@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from navign_proto.canonical import parse_json
+from navign_proto.errors import CanonicalJSONError
 from navign_proto.wire.errors import InvalidMessageError, MalformedMessageError
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
@@ -34,8 +35,9 @@ def load_json_object(
     if empty_as is not None and not data.strip():
         return dict(empty_as)
     try:
-        value = json.loads(data)
-    except json.JSONDecodeError as exc:
+        # Strict: duplicate keys and NaN/Infinity are refused, as canonical JSON requires.
+        value = parse_json(data)
+    except CanonicalJSONError as exc:
         raise MalformedMessageError(message_type, f"not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise MalformedMessageError(message_type, "JSON nested too deeply") from exc

@@ -131,8 +131,9 @@ class TaskCreateEvent(ServerEvent):
     type: LooseKeyword
     priority: Priority = Priority.NORMAL
     entity_id: Identifier
-    source: TaskLocation
-    destination: TaskLocation
+    # As task.Task in task.proto: where to pick up, and where to deliver (or patrol through).
+    sources: list[TaskLocation] = Field(min_length=1, max_length=64)
+    terminals: list[TaskLocation] = Field(min_length=1, max_length=64)
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=64)
     created_at: UtcDateTime | None = None
 

@@ -50,6 +50,9 @@ class HeartbeatRequest(StrictWireMessage):
     pending_tasks: Count
     metrics: HeartbeatMetrics
     timestamp: UtcDateTime
+    #: Ids of commands carried out since the last heartbeat (ours): the server stops resending
+    #: them. Commands are idempotent, so a lost acknowledgement only repeats one.
+    acked_commands: list[Identifier] = Field(default_factory=list, max_length=100)
 
 
 class CommandType(StrEnum):

@@ -73,6 +73,13 @@ class SyncEndpoints(WireMessage):
     firmware: UrlRef
 
 
+class TokenRefreshRequest(StrictWireMessage):
+    """Body of the signed ``POST /api/orchestrators/token``: names the key that signed it."""
+
+    entity_id: Identifier
+    orchestrator_id: Identifier
+
+
 class TokenRefreshResponse(WireMessage):
     token: Token
     expires_at: int = Field(ge=0, description="unix seconds")

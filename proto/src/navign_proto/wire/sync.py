@@ -69,6 +69,8 @@ class SyncFullResponse(WireMessage):
     metadata: SyncMetadata
     seq: Seq
     """The entity sequence number this snapshot corresponds to (ours, not in the seed)."""
+    entity: JsonObject | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The entity document itself (ours): the gateway's local API serves it offline."""
 
 
 class ChangeOperation(StrEnum):
