@@ -25,23 +25,35 @@ def _is_loopback(host: str) -> bool:
 class ServerSettings(BaseSettings):
     """Everything the server reads from its environment."""
 
-    model_config = SettingsConfigDict(env_prefix="NAVIGN_SERVER_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="NAVIGN_SERVER_", env_file=".env", extra="ignore", frozen=True
+    )
 
     environment: Literal["development", "production"] = "production"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     #: The URL gateways use to reach this server; sync_endpoints in RegisterResponse derive from it.
     public_url: str = "http://127.0.0.1:8000"
-    #: ``sqlite:///<path>`` (embedded default) or ``mongodb://...`` / ``mongodb+srv://...``.
-    database_url: str = "sqlite:///var/lib/navign-server/navign.db"
-    #: Holds the token signing keys (mode 0600).
-    data_dir: Path = Path("/var/lib/navign-server")
+    #: ``sqlite:///<path>`` (embedded default; relative to the working directory) or
+    #: ``mongodb://...`` / ``mongodb+srv://...``.
+    database_url: str = "sqlite:///data/navign.db"
+    #: Firmware blobs in SQLite mode.
+    data_dir: Path = Path("data")
+    #: The ``iss`` of access tokens.
+    token_issuer: str = "navign-server"  # noqa: S105 - an issuer name, not a secret
+    signing_key_rotation_days: int = Field(30, ge=1, le=365)
+    #: Bulk imports of a whole mall may be larger than ordinary requests.
+    max_import_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    #: Origins allowed by CORS; none by default (the admin API is for tools, not browsers).
+    cors_origins: list[str] = Field(default_factory=list)
     token_ttl_seconds: int = Field(3600, ge=60, le=86_400)
     enrollment_token_max_ttl_seconds: int = Field(86_400, ge=60, le=86_400)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     sse_ping_seconds: float = Field(15.0, gt=0, le=300)
+    #: Events and change-log rows older than this are pruned (checked hourly).
     event_retention_days: int = Field(7, ge=1, le=365)
     signature_max_skew_seconds: int = Field(300, ge=30, le=900)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,1 @@
+"""HTTP routers: gateway-facing (orchestrators, sync, events, firmware) and admin."""

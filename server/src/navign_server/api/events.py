@@ -1,0 +1,127 @@
+"""``GET /api/orchestrators/events``: the gateway's Server-Sent Events stream (protocol §4)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from navign_proto.checksums import COLLECTIONS
+from navign_proto.wire import ErrorCode
+from navign_proto.wire import format_rfc3339 as rfc3339
+from navign_server.auth.principals import Ctx, Gateway
+from navign_server.context import ServerContext
+from navign_server.errors import ApiError
+from navign_server.events.hub import SubscriptionClosedError
+from navign_server.ratelimit import retry_after_header
+from navign_server.storage.base import HistoryExpiredError, StoredEvent
+
+router = APIRouter(prefix="/api/orchestrators", tags=["events"])
+
+#: Events read from the store per replay page.
+REPLAY_PAGE = 500
+#: The reconnection delay we suggest (``retry:``), plus up to RETRY_JITTER_MS of random jitter
+#: so that thousands of gateways do not reconnect in the same instant after a deploy.
+RETRY_BASE_MS = 2000
+RETRY_JITTER_MS = 3000
+#: A blocked write to a dead client is given up after this many seconds.
+SEND_TIMEOUT_SECONDS = 30.0
+_LAST_EVENT_ID_RE = re.compile(r"(?:evt-)?([0-9]{1,16})")
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """Our ids are decimal sequence numbers; the seed's ``evt-N`` form is accepted too."""
+    if value is None or value.strip() == "":
+        return None
+    match = _LAST_EVENT_ID_RE.fullmatch(value.strip())
+    if match is None:
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "Last-Event-ID must be a sequence number")
+    return int(match.group(1))
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _frame(event: StoredEvent) -> ServerSentEvent:
+    return ServerSentEvent(data=_json(event.data), event=event.type, id=str(event.seq))
+
+
+async def _events(
+    ctx: ServerContext, principal: Gateway, last_event_id: int | None
+) -> AsyncIterator[ServerSentEvent]:
+    entity_id = principal.entity_id
+    deadline = principal.claims.expires_at
+    # Subscribe before reading history: whatever commits meanwhile is queued, and the
+    # overlap with the replay is dropped by sequence number below.
+    async with ctx.hub.subscription(entity_id) as subscription:
+        yield ServerSentEvent(
+            comment="navign events",
+            retry=RETRY_BASE_MS + random.randrange(RETRY_JITTER_MS),  # noqa: S311
+        )
+        if last_event_id is None:
+            position = (await ctx.store.entity_state(entity_id)).head
+        else:
+            position = last_event_id
+            try:
+                while True:
+                    page = await ctx.store.events_since(entity_id, position, REPLAY_PAGE)
+                    for event in page:
+                        yield _frame(event)
+                        position = event.seq
+                    if len(page) < REPLAY_PAGE:
+                        break
+            except HistoryExpiredError as exc:
+                yield ServerSentEvent(
+                    event="resync_required",
+                    data=_json(
+                        {
+                            "reason": "event history no longer covers Last-Event-ID "
+                            f"{last_event_id} (retained {exc.floor}..{exc.head})",
+                            "collections": list(COLLECTIONS),
+                        }
+                    ),
+                )
+                position = (await ctx.store.entity_state(entity_id)).head
+        while True:
+            remaining = (deadline - ctx.clock()).total_seconds()
+            if remaining <= 0:
+                return  # token expired: the gateway refreshes it and reconnects
+            try:
+                live = await subscription.next(wait=min(remaining, 60.0))
+            except SubscriptionClosedError:
+                return  # fell behind or shutting down: reconnect with Last-Event-ID
+            if live is None or live.seq <= position:
+                continue
+            yield _frame(live)
+            position = live.seq
+
+
+@router.get("/events", response_class=EventSourceResponse)
+async def events(request: Request, ctx: Ctx, principal: Gateway) -> EventSourceResponse:
+    wait = ctx.limits.stream_open.acquire(f"orch:{principal.entity_id}/{principal.orchestrator_id}")
+    if wait:
+        raise ApiError(
+            ErrorCode.RATE_LIMIT_EXCEEDED,
+            "reconnecting too often",
+            headers=retry_after_header(wait),
+        )
+    if request.headers.get("x-entity-id") is None:
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "X-Entity-ID header is required")
+    last_event_id = parse_last_event_id(request.headers.get("last-event-id"))
+
+    def ping() -> ServerSentEvent:
+        return ServerSentEvent(event="ping", data=_json({"server_time": rfc3339(ctx.clock())}))
+
+    return EventSourceResponse(
+        _events(ctx, principal, last_event_id),
+        ping=ctx.settings.sse_ping_seconds,
+        ping_message_factory=ping,
+        send_timeout=SEND_TIMEOUT_SECONDS,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

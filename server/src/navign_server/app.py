@@ -1,0 +1,117 @@
+"""The FastAPI application: wiring only. Storage, auth and events live in their own modules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from navign_server import __version__
+from navign_server.api import admin, events, meta, orchestrators, sync
+from navign_server.auth.tokens import TokenService
+from navign_server.context import ServerContext, utc_now
+from navign_server.errors import RequestContextMiddleware, install_error_handlers
+from navign_server.events.hub import EventHub
+from navign_server.metrics import Metrics
+from navign_server.settings import ServerSettings
+from navign_server.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+#: How often history is pruned and signing-key rotation is checked.
+MAINTENANCE_INTERVAL_SECONDS = 3600.0
+
+
+def open_store(database_url: str) -> Store:
+    """The backend for a ``sqlite:///`` or ``mongodb://`` URL."""
+    if database_url.startswith("sqlite:///"):
+        from navign_server.storage.sqlite import SqliteStore
+
+        return SqliteStore(Path(database_url.removeprefix("sqlite:///")))
+    from importlib import import_module
+
+    # Imported by name until the MongoDB backend lands (it arrives in its own commit).
+    mongo = import_module("navign_server.storage.mongo")
+    store: Store = mongo.MongoStore(database_url)
+    return store
+
+
+async def _maintenance(ctx: ServerContext) -> None:
+    while True:
+        await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)
+        try:
+            await ctx.tokens.rotate_if_due()
+            cutoff = ctx.clock() - timedelta(days=ctx.settings.event_retention_days)
+            for entity in await ctx.store.list_entities():
+                await ctx.store.prune_history(entity["id"], cutoff)
+        except Exception:
+            log.warning("maintenance pass failed", exc_info=True)
+
+
+def create_app(
+    settings: ServerSettings,
+    store: Store | None = None,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+) -> FastAPI:
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = store if store is not None else open_store(settings.database_url)
+        await backend.open()
+        tokens = TokenService(
+            backend,
+            issuer=settings.token_issuer,
+            ttl_seconds=settings.token_ttl_seconds,
+            rotation=timedelta(days=settings.signing_key_rotation_days),
+            clock=clock,
+        )
+        await tokens.start()
+        hub = EventHub(backend)
+        await hub.start()
+        ctx = ServerContext(settings=settings, store=backend, tokens=tokens, hub=hub, clock=clock)
+        app.state.ctx = ctx
+        maintenance = asyncio.create_task(_maintenance(ctx), name="maintenance")
+        log.info("navign-server %s ready (%s)", __version__, settings.database_url.split("@")[-1])
+        try:
+            yield
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            await hub.close()
+            await backend.close()
+
+    app = FastAPI(
+        title="Navign central server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None if settings.environment == "production" else "/docs",
+        redoc_url=None,
+    )
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for router in (orchestrators.router, sync.router, events.router, admin.router, meta.router):
+        app.include_router(router)
+
+    def body_limit(path: str) -> int:
+        if path.startswith("/api/admin/entities/") and path.endswith("/import"):
+            return settings.max_import_bytes
+        return settings.max_body_bytes
+
+    app.add_middleware(RequestContextMiddleware, limit_for=body_limit)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    return app

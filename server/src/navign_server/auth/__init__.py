@@ -1,0 +1,1 @@
+"""Authentication: access tokens (ES256 JWT), signed gateway requests, admin tokens."""

@@ -1,0 +1,1 @@
+"""Live event fan-out to SSE subscribers."""
