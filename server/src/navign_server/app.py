@@ -76,7 +76,9 @@ def create_app(
         await tokens.start()
         hub = EventHub(backend)
         await hub.start()
-        ctx = ServerContext(settings=settings, store=backend, tokens=tokens, hub=hub, clock=clock)
+        ctx = ServerContext(
+            settings=settings, store=backend, tokens=tokens, hub=hub, metrics=metrics, clock=clock
+        )
         app.state.ctx = ctx
         maintenance = asyncio.create_task(_maintenance(ctx), name="maintenance")
         log.info("navign-server %s ready (%s)", __version__, settings.database_url.split("@")[-1])
@@ -88,6 +90,7 @@ def create_app(
                 await maintenance
             await hub.close()
             await backend.close()
+            log.info("navign-server stopped cleanly")
 
     app = FastAPI(
         title="Navign central server",

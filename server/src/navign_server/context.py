@@ -10,6 +10,7 @@ from fastapi import Request
 
 from navign_server.auth.tokens import TokenService
 from navign_server.events.hub import EventHub
+from navign_server.metrics import Metrics
 from navign_server.ratelimit import Rate, RateLimiter
 from navign_server.settings import ServerSettings
 from navign_server.storage.base import Store
@@ -36,6 +37,7 @@ class ServerContext:
     tokens: TokenService
     hub: EventHub
     limits: RateLimits = field(default_factory=RateLimits)
+    metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], datetime] = utc_now
 
 

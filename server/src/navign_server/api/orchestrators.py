@@ -129,8 +129,10 @@ async def register(request: Request, ctx: Ctx) -> RegisterResponse:
             orchestrator_id=body.orchestrator_id,
             key_id=registration.key_id,
         )
+        ctx.metrics.registrations.labels(code.value).inc()
         raise ApiError(code, message, headers=headers) from None
     token, expires_at = ctx.tokens.issue(body.entity_id, body.orchestrator_id)
+    ctx.metrics.registrations.labels("ok").inc()
     await _audit(
         ctx,
         f"orchestrator:{body.entity_id}/{body.orchestrator_id}",

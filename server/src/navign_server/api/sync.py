@@ -58,7 +58,8 @@ async def sync_full(
     entity = _entity(principal, entity_id)
     collections = _collections(include)
     try:
-        snapshot = await ctx.store.snapshot(entity, collections)
+        with ctx.metrics.sync_seconds.labels("full").time():
+            snapshot = await ctx.store.snapshot(entity, collections)
     except NotFoundError:
         raise ApiError(ErrorCode.ENTITY_NOT_FOUND, f"entity {entity!r} does not exist") from None
     body: dict[str, Any] = {
@@ -107,7 +108,8 @@ async def sync_delta(
                 raise ApiError(ErrorCode.VALIDATION_ERROR, "since: must carry a UTC offset")
             cursor = await ctx.store.seq_at(entity, since)
         assert cursor is not None
-        page = await ctx.store.changes_since(entity, cursor, limit)
+        with ctx.metrics.sync_seconds.labels("delta").time():
+            page = await ctx.store.changes_since(entity, cursor, limit)
     except NotFoundError:
         raise ApiError(ErrorCode.ENTITY_NOT_FOUND, f"entity {entity!r} does not exist") from None
     except HistoryExpiredError as exc:

@@ -70,6 +70,10 @@ class Subscription:
             raise SubscriptionClosedError(self._closed_reason or "closed")
         return event
 
+    def end(self, reason: str) -> None:
+        """End the subscription: the reader's next call raises SubscriptionClosedError."""
+        self._close(reason)
+
     @property
     def pending(self) -> int:
         return self._queue.qsize()
