@@ -37,6 +37,16 @@ async def _mongo_store() -> Any:
     return module.MongoStore(url, database=f"navign_test_{uuid.uuid4().hex[:12]}")
 
 
+async def _drop_mongo_database(name: str) -> None:
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(os.environ[MONGODB_URL_ENV])
+    try:
+        await client.drop_database(name)
+    finally:
+        await client.close()
+
+
 @pytest.fixture(params=["sqlite", "mongodb"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     backend: Store
@@ -49,6 +59,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield backend
     finally:
         await backend.close()
+        if request.param == "mongodb":
+            await _drop_mongo_database(backend.database_name)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
