@@ -12,13 +12,25 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from navign_proto.manifest import MAX_ARTIFACT_BYTES
 from navign_server import __version__
-from navign_server.api import admin, events, meta, orchestrators, sync
+from navign_server.api import (
+    admin,
+    admin_releases,
+    events,
+    firmware,
+    meta,
+    orchestrators,
+    reports,
+    sync,
+)
 from navign_server.auth.tokens import TokenService
+from navign_server.blobs import BlobStore, FilesystemBlobs
 from navign_server.context import ServerContext, utc_now
 from navign_server.errors import RequestContextMiddleware, install_error_handlers
 from navign_server.events.hub import EventHub
 from navign_server.metrics import Metrics
+from navign_server.releases import FirmwareHosting, load_release_keys
 from navign_server.settings import ServerSettings
 from navign_server.storage.base import Store
 
@@ -34,12 +46,18 @@ def open_store(database_url: str) -> Store:
         from navign_server.storage.sqlite import SqliteStore
 
         return SqliteStore(Path(database_url.removeprefix("sqlite:///")))
-    from importlib import import_module
+    from navign_server.storage.mongo import MongoStore
 
-    # Imported by name until the MongoDB backend lands (it arrives in its own commit).
-    mongo = import_module("navign_server.storage.mongo")
-    store: Store = mongo.MongoStore(database_url)
-    return store
+    return MongoStore(database_url)
+
+
+def open_blobs(settings: ServerSettings) -> BlobStore:
+    """Where firmware artifacts live: ``<data_dir>/firmware``, content-addressed.
+
+    MongoDB mode should keep them in GridFS (issue 3: one database to back up, shared by every
+    instance); until that store exists, every mode uses the file system, so several MongoDB-mode
+    instances must share ``data_dir`` (e.g. a network volume)."""
+    return FilesystemBlobs(settings.data_dir / "firmware")
 
 
 async def _maintenance(ctx: ServerContext) -> None:
@@ -61,11 +79,13 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
     metrics = Metrics()
+    hosting = FirmwareHosting(load_release_keys(settings.release_public_keys), open_blobs(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = store if store is not None else open_store(settings.database_url)
         await backend.open()
+        await hosting.blobs.open()
         tokens = TokenService(
             backend,
             issuer=settings.token_issuer,
@@ -90,6 +110,7 @@ def create_app(
                 await maintenance
             await hub.close()
             await backend.close()
+            await hosting.blobs.close()
             log.info("navign-server stopped cleanly")
 
     app = FastAPI(
@@ -100,13 +121,26 @@ def create_app(
         redoc_url=None,
     )
     app.state.metrics = metrics
+    app.state.firmware = hosting
     install_error_handlers(app)
-    for router in (orchestrators.router, sync.router, events.router, admin.router, meta.router):
+    # admin_releases before admin: admin's /entities/{id}/{collection} would shadow its paths.
+    for router in (
+        orchestrators.router,
+        sync.router,
+        events.router,
+        firmware.router,
+        admin_releases.router,
+        reports.router,  # before admin: /entities/{id}/{collection} would catch its paths
+        admin.router,
+        meta.router,
+    ):
         app.include_router(router)
 
     def body_limit(path: str) -> int:
         if path.startswith("/api/admin/entities/") and path.endswith("/import"):
             return settings.max_import_bytes
+        if path.startswith("/api/admin/releases/") and path.endswith("/artifact"):
+            return MAX_ARTIFACT_BYTES  # the release's own size is enforced by the handler
         return settings.max_body_bytes
 
     app.add_middleware(RequestContextMiddleware, limit_for=body_limit)

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from navign_proto import keys
+from navign_proto.errors import KeyFormatError
+
+
+def _load_release_key(entry: str) -> ec.EllipticCurvePublicKey:
+    """A release public key from PEM text, a 130-hex point, or the path of a PEM file."""
+    text = entry.strip()
+    if text.startswith("-----BEGIN") or re.fullmatch(r"[0-9a-fA-F]{130}", text):
+        return keys.load_public_key(text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise KeyFormatError(
+            f"{text[:80]!r} is neither a PEM public key, a 130-hex P-256 point, nor a file"
+        )
+    return keys.load_public_key(path.read_bytes())
+
 
 _PLACEHOLDERS = ("changeme", "change-me", "password", "example", "secret", "xxx")
 
@@ -54,6 +73,11 @@ class ServerSettings(BaseSettings):
     event_retention_days: int = Field(7, ge=1, le=365)
     signature_max_skew_seconds: int = Field(300, ge=30, le=900)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Release public keys whose signatures make an uploaded firmware release acceptable: each a
+    #: PEM string, the path of a PEM file, or the 130-hex uncompressed point. Loaded and checked
+    #: at start; held as PEM. None configured: every release upload is refused.
+    #: Environment: ``NAVIGN_SERVER_RELEASE_PUBLIC_KEYS='["/etc/navign/release.pub"]'``.
+    release_public_keys: list[str] = Field(default_factory=list, max_length=16)
 
     @field_validator("database_url")
     @classmethod
@@ -74,6 +98,18 @@ class ServerSettings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
+
+    @field_validator("release_public_keys")
+    @classmethod
+    def _release_public_keys(cls, value: list[str]) -> list[str]:
+        pems: dict[str, str] = {}
+        for index, entry in enumerate(value):
+            try:
+                key = _load_release_key(entry)
+            except (KeyFormatError, OSError) as exc:
+                raise ValueError(f"entry {index}: {exc}") from None
+            pems.setdefault(keys.key_id(key), keys.public_key_to_pem(key))
+        return list(pems.values())
 
     @model_validator(mode="after")
     def _production_rules(self) -> Self:

@@ -278,6 +278,105 @@ class AuditRecord:
 
 
 # ---------------------------------------------------------------------------------------------
+# Firmware releases and their assignment to entities
+
+#: The event an assignment writes (``wire.FirmwareUpdateEvent``), in the assignment's transaction.
+FIRMWARE_UPDATE_EVENT = "firmware_update"
+
+
+class ReleaseStatus(StrEnum):
+    #: Verified manifest stored; the artifact has not been uploaded (and checked) yet.
+    PENDING_UPLOAD = "pending_upload"
+    #: Artifact stored and verified against the manifest: offered by ``/latest``.
+    AVAILABLE = "available"
+    #: No longer offered as latest nor assignable; an uploaded artifact is still served.
+    WITHDRAWN = "withdrawn"
+
+
+@dataclass(frozen=True, slots=True)
+class BeaconStatusRecord:
+    """The latest status a gateway reported for one beacon (``body`` as reported)."""
+
+    entity_id: str
+    beacon_id: str
+    orchestrator_id: str
+    last_seen: datetime
+    received_at: datetime
+    body: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareStatusRecord:
+    """One reported step of a release on a beacon (``beacon_id`` None: on the gateway)."""
+
+    entity_id: str
+    firmware_id: str
+    beacon_id: str | None
+    orchestrator_id: str
+    status: str
+    at: datetime
+    received_at: datetime
+    body: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatusRecord:
+    """The latest status a gateway reported for one task."""
+
+    entity_id: str
+    task_id: str
+    orchestrator_id: str
+    status: str
+    at: datetime
+    received_at: datetime
+    body: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A signed release the server hosts. The manifest fields are copies of the verified
+    manifest inside ``envelope`` (the DSSE envelope's JCS bytes, served as they are)."""
+
+    release_id: str
+    name: str
+    version: str
+    target: str
+    kind: str  # "app" | "image"
+    secure_version: int
+    min_previous_version: str | None
+    manifest_sha256: str
+    envelope: bytes
+    #: Size the artifact must have: the image's size, or the sum of the app files' sizes.
+    artifact_size: int
+    device_type: str
+    channel: str  # "stable" | "beta" | "canary"
+    changelog: tuple[str, ...]
+    compatible_hardware: tuple[str, ...]
+    status: ReleaseStatus
+    created_at: datetime
+    created_by: str
+    #: SHA-256 (hex) of the uploaded artifact: its blob's address. None until uploaded.
+    artifact_sha256: str | None = None
+    uploaded_at: datetime | None = None
+    withdrawn_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseAssignment:
+    """A release assigned to an entity with its rollout policy (a ``firmware_update`` event)."""
+
+    entity_id: str
+    assignment_id: str
+    release_id: str
+    policy: JsonObject
+    priority: str
+    created_at: datetime
+    created_by: str
+    #: The seq of the firmware_update event written with it (set by the store).
+    seq: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 class Store(Protocol):
@@ -459,3 +558,69 @@ class Store(Protocol):
         self, *, entity_id: str | None = None, limit: int = 100
     ) -> list[AuditRecord]:
         """Most recent first."""
+
+    # -- releases and assignments -------------------------------------------------------------
+    async def create_release(self, release: Release) -> None:
+        """Store a new release (normally ``pending_upload``). ConflictError("release", id,
+        "exists") when the id is taken, ConflictError("release", "<name> <version> <target>",
+        "duplicate") when a release with the same name, version and target exists."""
+
+    async def get_release(self, release_id: str) -> Release:
+        """NotFoundError("release", id)."""
+
+    async def list_releases(
+        self,
+        *,
+        target: str | None = None,
+        device_type: str | None = None,
+        channel: str | None = None,
+        status: ReleaseStatus | None = None,
+    ) -> list[Release]:
+        """Releases matching every given filter, oldest first (then by id)."""
+
+    async def mark_release_uploaded(
+        self, release_id: str, artifact_sha256: str, now: datetime
+    ) -> Release:
+        """``pending_upload`` -> ``available`` with the artifact's address, atomically (of two
+        concurrent uploads one wins). NotFoundError; ConflictError("release", id, <status>)
+        when the release is not ``pending_upload``."""
+
+    async def withdraw_release(self, release_id: str, now: datetime) -> Release:
+        """Status ``withdrawn`` (kept, with its artifact). A withdrawn release is returned
+        unchanged. NotFoundError."""
+
+    async def assign_release(
+        self, assignment: ReleaseAssignment, event_data: JsonObject, now: datetime
+    ) -> StoredEvent:
+        """Record the assignment and append a ``firmware_update`` event carrying
+        ``event_data`` with the entity's next seq, in one transaction; the stored assignment's
+        ``seq`` is the event's. NotFoundError("entity") / NotFoundError("release");
+        ConflictError("release", id, <status>) unless the release is ``available``;
+        ConflictError("firmware_assignment", id, "exists") for a taken assignment id."""
+
+    async def list_assignments(self, entity_id: str) -> list[ReleaseAssignment]:
+        """The entity's assignments in seq order. NotFoundError("entity")."""
+
+    # -- reports from gateways --------------------------------------------------------------
+    async def record_beacon_statuses(self, records: Sequence[BeaconStatusRecord]) -> None:
+        """Keep the newest report per (entity, beacon): a record whose ``last_seen`` is older
+        than the stored one is ignored (reports can arrive out of order)."""
+
+    async def list_beacon_statuses(self, entity_id: str) -> list[BeaconStatusRecord]:
+        """Ordered by beacon id."""
+
+    async def record_firmware_status(self, record: FirmwareStatusRecord) -> None:
+        """Append (the history of a rollout); the oldest beyond a per-entity bound go."""
+
+    async def list_firmware_status(
+        self, entity_id: str, firmware_id: str, *, limit: int = 100
+    ) -> list[FirmwareStatusRecord]:
+        """Newest first (by ``at``, then arrival)."""
+
+    async def record_task_status(self, record: TaskStatusRecord) -> None:
+        """Keep the newest report per (entity, task) by ``at``."""
+
+    async def list_task_statuses(
+        self, entity_id: str, *, limit: int = 100
+    ) -> list[TaskStatusRecord]:
+        """Most recently reported first."""

@@ -32,6 +32,8 @@ from navign_server.storage.base import (
 from navign_server.storage.sqlite_db import fetch_all, fetch_one, run
 from navign_server.storage.sqlite_orchestrators import OrchestratorTables
 from navign_server.storage.sqlite_records import RecordTables
+from navign_server.storage.sqlite_releases import ReleaseTables
+from navign_server.storage.sqlite_reports import ReportTables
 from navign_server.storage.sqlite_schema import (
     canonical_text,
     from_us,
@@ -103,7 +105,7 @@ def _counts(checksums: MallChecksums) -> dict[str, int]:
     return {name: checksums.get(name).count for name in COLLECTIONS}
 
 
-class SqliteStore(OrchestratorTables, RecordTables):
+class SqliteStore(OrchestratorTables, RecordTables, ReleaseTables, ReportTables):
     """:class:`~navign_server.storage.base.Store` on one SQLite file."""
 
     # -- entities ---------------------------------------------------------------------------

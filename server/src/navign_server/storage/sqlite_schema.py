@@ -244,9 +244,86 @@ _V1_CREDENTIALS: Final[tuple[Step, ...]] = (
         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
 )
 
+_V2_RELEASES: Final[tuple[Step, ...]] = (
+    """CREATE TABLE releases (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('app', 'image')),
+        secure_version INTEGER NOT NULL CHECK (secure_version >= 0),
+        min_previous_version TEXT,
+        manifest_sha256 TEXT NOT NULL CHECK (length(manifest_sha256) = 64),
+        envelope BLOB NOT NULL,
+        artifact_size INTEGER NOT NULL CHECK (artifact_size >= 0),
+        device_type TEXT NOT NULL,
+        channel TEXT NOT NULL CHECK (channel IN ('stable', 'beta', 'canary')),
+        changelog TEXT NOT NULL,
+        compatible_hardware TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending_upload', 'available', 'withdrawn')),
+        artifact_sha256 TEXT CHECK (artifact_sha256 IS NULL OR length(artifact_sha256) = 64),
+        created_us INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        uploaded_us INTEGER,
+        withdrawn_us INTEGER,
+        UNIQUE (name, version, target),
+        CHECK (status != 'available' OR artifact_sha256 IS NOT NULL)
+    ) STRICT""",
+    "CREATE INDEX releases_by_query ON releases (target, device_type, channel, status)",
+    """CREATE TABLE release_assignments (
+        entity_id TEXT NOT NULL REFERENCES entities (id),
+        assignment_id TEXT NOT NULL,
+        release_id TEXT NOT NULL REFERENCES releases (id),
+        policy TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq > 0),
+        created_us INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (entity_id, assignment_id)
+    ) STRICT""",
+    "CREATE INDEX release_assignments_by_seq ON release_assignments (entity_id, seq)",
+)
+
+_V3_REPORTS: Final[tuple[Step, ...]] = (
+    """CREATE TABLE beacon_status (
+        entity_id TEXT NOT NULL REFERENCES entities (id),
+        beacon_id TEXT NOT NULL,
+        orchestrator_id TEXT NOT NULL,
+        last_seen_us INTEGER NOT NULL,
+        received_us INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (entity_id, beacon_id)
+    ) STRICT""",
+    """CREATE TABLE firmware_status (
+        id INTEGER PRIMARY KEY,
+        entity_id TEXT NOT NULL REFERENCES entities (id),
+        firmware_id TEXT NOT NULL,
+        beacon_id TEXT,
+        orchestrator_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        at_us INTEGER NOT NULL,
+        received_us INTEGER NOT NULL,
+        body TEXT NOT NULL
+    ) STRICT""",
+    "CREATE INDEX firmware_status_by_release ON firmware_status (entity_id, firmware_id, at_us)",
+    """CREATE TABLE task_status (
+        entity_id TEXT NOT NULL REFERENCES entities (id),
+        task_id TEXT NOT NULL,
+        orchestrator_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        at_us INTEGER NOT NULL,
+        received_us INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (entity_id, task_id)
+    ) STRICT""",
+    "CREATE INDEX task_status_by_time ON task_status (entity_id, received_us)",
+)
+
 #: Every migration this code knows, in order. Append; never edit one that has shipped.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial schema", _V1_CORE + _V1_CREDENTIALS),
+    Migration(2, "firmware releases and assignments", _V2_RELEASES),
+    Migration(3, "reports from gateways", _V3_REPORTS),
 )
 
 _BOOTSTRAP = """CREATE TABLE IF NOT EXISTS schema_migrations (

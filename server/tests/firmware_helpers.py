@@ -1,0 +1,139 @@
+"""Signed releases for the firmware API tests: manifests signed with a generated release key,
+uploaded through the admin API of a real server."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from navign_proto import keys
+from navign_proto.mall import Chip
+from navign_proto.manifest import (
+    FileEntry,
+    ImageEntry,
+    ReleaseManifest,
+    format_time,
+    sign_manifest,
+)
+
+from .conftest import (
+    RunningServer,
+    TestGateway,
+    enrolled_gateway,
+    import_sample_mall,
+    run_server,
+    server_settings,
+)
+
+ENTITY = "mall-riverside"
+CREATED = format_time(datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC))
+
+
+def payload(size: int, seed: str) -> bytes:
+    """``size`` deterministic, incompressible-looking bytes."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def image_manifest(
+    image: bytes, *, version: str = "1.0.0", target: str = "esp32", **changes: Any
+) -> ReleaseManifest:
+    values: dict[str, Any] = {
+        "name": "navign-beacon-fw",
+        "version": version,
+        "secure_version": 1,
+        "target": target,
+        "kind": "image",
+        "image": ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
+        "created_at": CREATED,
+    }
+    values.update(changes)
+    return ReleaseManifest(**values)
+
+
+def app_manifest(
+    files: dict[str, bytes], *, version: str = "1.0.0", target: str = "esp32c3"
+) -> ReleaseManifest:
+    entries = [
+        FileEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        for path, data in files.items()
+    ]
+    return ReleaseManifest(
+        name="navign-beacon-app",
+        version=version,
+        secure_version=2,
+        target=Chip(target),
+        kind="app",
+        files=entries,
+        min_previous_version="0.9.0",
+        created_at=CREATED,
+    )
+
+
+class Releases:
+    """Signs and uploads releases as an operator would."""
+
+    def __init__(self, server: RunningServer, key: ec.EllipticCurvePrivateKey) -> None:
+        self.server = server
+        self.key = key
+
+    def envelope(self, manifest: ReleaseManifest) -> dict[str, Any]:
+        return sign_manifest(manifest, [self.key])
+
+    async def create(
+        self, envelope: dict[str, Any] | str, channel: str = "stable", **extra: Any
+    ) -> httpx.Response:
+        async with self.server.admin() as admin:
+            return await admin.post(
+                "/api/admin/releases", json={"envelope": envelope, "channel": channel, **extra}
+            )
+
+    async def put_artifact(
+        self, release_id: str, artifact: bytes, **headers: str
+    ) -> httpx.Response:
+        async with self.server.admin() as admin:
+            return await admin.put(
+                f"/api/admin/releases/{release_id}/artifact",
+                content=artifact,
+                headers={"Content-Type": "application/octet-stream", **headers},
+            )
+
+    async def publish(
+        self, manifest: ReleaseManifest, artifact: bytes, channel: str = "stable", **extra: Any
+    ) -> dict[str, Any]:
+        created = await self.create(self.envelope(manifest), channel, **extra)
+        assert created.status_code == 201, created.text
+        uploaded = await self.put_artifact(created.json()["release_id"], artifact)
+        assert uploaded.status_code == 200, uploaded.text
+        body: dict[str, Any] = uploaded.json()
+        return body
+
+
+def stray_files(server: RunningServer) -> list[Path]:
+    """Every file in the blob store (committed blobs and temporary uploads)."""
+    root = server.tmp_path / "data" / "firmware"
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+@asynccontextmanager
+async def firmware_server(
+    tmp_path: Path, key: ec.EllipticCurvePrivateKey, **settings: Any
+) -> AsyncIterator[tuple[RunningServer, Releases, TestGateway]]:
+    """A server trusting ``key``, with the sample mall and an enrolled gateway."""
+    pem = keys.public_key_to_pem(key.public_key())
+    configured = server_settings(tmp_path, release_public_keys=[pem], **settings)
+    async with run_server(configured, tmp_path) as server:
+        await import_sample_mall(server)
+        gateway = await enrolled_gateway(server, ENTITY)
+        yield server, Releases(server, key), gateway
