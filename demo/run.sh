@@ -6,6 +6,9 @@
 #      untrusted key and a downgrade are refused.
 #   3. A mall's data is validated and checksummed the way server and gateway agree on it.
 #   4. A gateway creates its identity key and shows it for pre-registration.
+#   5. The central server runs (SQLite): a mall is imported, a gateway enrolled, the release
+#      published (verified against the release key) and assigned to the mall; a release signed
+#      by another key is refused.
 #
 # Every command here is the real tool; nothing is simulated. As the server, gateway and firmware
 # land, this script grows into server + gateway + simulated beacons with a live OTA rollout.
@@ -81,5 +84,39 @@ navign-gateway --config gateway.toml check-config
 navign-gateway --config gateway.toml keygen
 navign-gateway --config gateway.toml show-key
 refused navign-gateway --config gateway.toml keygen
+
+step "5. The central server (embedded SQLite) on 127.0.0.1"
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export NAVIGN_SERVER_ENVIRONMENT=development
+export NAVIGN_SERVER_RELEASE_PUBLIC_KEYS="[\"$work/release.pem.pub\"]"
+db="sqlite:///$work/server/navign.db"
+admin_token=$(navign-server create-admin-token --db "$db" --name demo | tail -n 1)
+navign-server serve --host 127.0.0.1 --port "$port" --db "$db" --log-format text \
+  >"$work/server.log" 2>&1 &
+server_pid=$!
+trap 'kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/healthz', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  sleep 0.1
+done
+export NAVIGN_ADMIN_SERVER="http://127.0.0.1:$port" NAVIGN_ADMIN_TOKEN="$admin_token"
+echo "   server pid $server_pid on port $port; log in $work/server.log"
+
+navign-admin import mall-riverside "$here/proto/examples/sample-mall.json"
+navign-admin entities
+echo "   an enrollment token for the mall's gateway (single use, 1 hour):"
+navign-admin enroll mall-riverside gw-riverside-1 --ttl 3600 | tail -n 1
+echo "   the operator publishes the signed release:"
+navign-admin release publish --key release.pem --name navign-beacon-app --version 1.1.0 \
+  --target esp32c3 --secure-version 1 --app-dir app --channel stable --changelog "demo release"
+release_id=$(navign-admin --json releases | python -c 'import json, sys; print(json.load(sys.stdin)["releases"][0]["release_id"])')
+navign-admin releases
+navign-admin assign mall-riverside "$release_id" --canary 10% --batch 20 --failure-threshold 5%
+navign-admin rollouts mall-riverside
+echo "   a release signed with a key the server does not trust:"
+refused navign-admin release publish --key rogue.pem --name navign-beacon-app --version 1.2.0 \
+  --target esp32c3 --secure-version 1 --app-dir app --channel stable
 
 step "Done. Everything above ran for real in $work"

@@ -23,10 +23,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert out.count("refused as expected") == 5
+    assert out.count("refused as expected") == 6
     assert "refers to unknown area 'area-nowhere'" in out
     assert "SHA-256 does not match the manifest" in out
     assert "0 valid signature(s) by trusted release keys" in out
     assert "is older than 1.2.0" in out
     assert "global                  sha256:" in out
     assert "-----BEGIN PUBLIC KEY-----" in out
+    assert "imported 27 documents into mall-riverside" in out
+    assert "assigned to mall-riverside" in out
+    assert "FIRMWARE_SIGNATURE_INVALID" in out
+    assert f"Everything above ran for real in {tmp_path / 'demo'}" in out.strip().splitlines()[-1]
