@@ -28,6 +28,8 @@ ALGORITHM = "ES256"
 SCOPE_ORCHESTRATOR = "orchestrator"
 #: A token whose kid is unknown makes us re-read the keys at most this often (seconds).
 KEY_RELOAD_INTERVAL = 5.0
+#: Clock difference between server instances tolerated for a token's ``iat`` (seconds).
+ISSUED_AT_LEEWAY = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,15 +157,24 @@ class TokenService:
                 public.public_key(),
                 algorithms=[ALGORITHM],
                 issuer=self._issuer,
-                options={"require": ["iss", "sub", "exp", "iat", "jti", "entity_id", "scope"]},
-                leeway=0,
+                # Times are checked below against our clock (the one tokens were issued by).
+                options={
+                    "require": ["iss", "sub", "exp", "iat", "jti", "entity_id", "scope"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise ApiError(ErrorCode.AUTH_TOKEN_EXPIRED, "access token expired") from None
         except jwt.PyJWTError as exc:
             raise ApiError(ErrorCode.AUTH_INVALID_TOKEN, f"invalid access token: {exc}") from None
         if not all(isinstance(claims[c], str) for c in ("sub", "entity_id", "scope", "jti")):
             raise ApiError(ErrorCode.AUTH_INVALID_TOKEN, "access token claims have wrong types")
+        if not all(type(claims[c]) is int for c in ("iat", "exp")):
+            raise ApiError(ErrorCode.AUTH_INVALID_TOKEN, "access token times must be integers")
+        now = self._clock().timestamp()
+        if claims["exp"] <= now:
+            raise ApiError(ErrorCode.AUTH_TOKEN_EXPIRED, "access token expired")
+        if claims["iat"] > now + ISSUED_AT_LEEWAY:
+            raise ApiError(ErrorCode.AUTH_INVALID_TOKEN, "access token issued in the future")
         return TokenClaims(
             subject=claims["sub"],
             entity_id=claims["entity_id"],
