@@ -21,8 +21,8 @@ from navign_proto.manifest import (
     ImageEntry,
     ReleaseManifest,
     add_signatures,
-    app_files,
     check_installable,
+    collect_app,
     envelope_bytes,
     open_envelope,
     sign_manifest,
@@ -199,7 +199,8 @@ def test_app_bundle_files_and_verification(tmp_path: Path) -> None:
     (tmp_path / "navign").mkdir()
     (tmp_path / "main.py").write_bytes(b"print('hi')\n")
     (tmp_path / "navign" / "adv.mpy").write_bytes(b"\x4d\x06" * 100)
-    files = app_files(tmp_path)
+    files, artifact = collect_app(tmp_path)
+    assert artifact == b"print('hi')\n" + b"\x4d\x06" * 100  # concatenated in path order
     assert [f.path for f in files] == ["main.py", "navign/adv.mpy"]
     manifest = ReleaseManifest(
         name="app",

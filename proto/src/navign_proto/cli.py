@@ -23,14 +23,11 @@ from navign_proto.checksums import COLLECTIONS, MallChecksums
 from navign_proto.errors import ProtoError
 from navign_proto.mall import MallData
 from navign_proto.manifest import (
-    ImageEntry,
     ReleaseManifest,
     add_signatures,
-    app_files,
+    build_release,
     check_installable,
     envelope_bytes,
-    file_sha256,
-    format_time,
     open_envelope,
     sign_manifest,
     verify_bundle,
@@ -98,27 +95,18 @@ def cmd_show_key(args: argparse.Namespace) -> None:
 
 def cmd_manifest(args: argparse.Namespace) -> None:
     created = datetime.now(UTC).replace(microsecond=0)
-    fields: dict[str, Any] = {
-        "name": args.name,
-        "version": args.version,
-        "secure_version": args.secure_version,
-        "target": args.target,
-        "min_previous_version": args.min_previous_version,
-        "created_at": format_time(created),
-        "expires_at": format_time(created + timedelta(days=args.expires_in_days))
-        if args.expires_in_days
-        else None,
-    }
-    if args.app_dir is not None:
-        if not args.app_dir.is_dir():
-            raise CommandError(f"{args.app_dir}: not a directory")
-        fields.update(kind="app", files=app_files(args.app_dir))
-    else:
-        if not args.image.is_file():
-            raise CommandError(f"{args.image}: not a file")
-        size, digest = file_sha256(args.image)
-        fields.update(kind="image", image=ImageEntry(size=size, sha256=digest))
-    manifest = ReleaseManifest(**fields)
+    build = build_release(
+        name=args.name,
+        version=args.version,
+        target=args.target,
+        secure_version=args.secure_version,
+        min_previous_version=args.min_previous_version,
+        created_at=created,
+        expires_at=created + timedelta(days=args.expires_in_days) if args.expires_in_days else None,
+        app_dir=args.app_dir,
+        image=args.image,
+    )
+    manifest = build.manifest
     _write_atomic(args.out, manifest.to_bytes())
     print(
         f"wrote {args.out}: {manifest.name} {manifest.version} for {manifest.target}, "

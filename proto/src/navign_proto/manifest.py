@@ -385,11 +385,92 @@ def verify_bundle(manifest: ReleaseManifest, root: Path) -> None:
         verify_artifact(root / entry.path, entry.size, entry.sha256, name=entry.path)
 
 
-def app_files(root: Path) -> list[FileEntry]:
-    """File entries for every regular file under ``root``, sorted by path."""
-    entries = []
+@dataclass(frozen=True, slots=True)
+class ReleaseBuild:
+    """A manifest and the exact artifact bytes it describes: for an image release the image;
+    for an app release the files' bytes concatenated in manifest order (file ``i`` occupies
+    ``[sum of the sizes before it, + its size)``), the download format of docs/protocol.md §3.10.
+    """
+
+    manifest: ReleaseManifest
+    artifact: bytes
+
+
+def build_release(
+    *,
+    name: str,
+    version: str,
+    target: str,
+    secure_version: int,
+    created_at: datetime,
+    min_previous_version: str | None = None,
+    expires_at: datetime | None = None,
+    app_dir: Path | None = None,
+    image: Path | None = None,
+) -> ReleaseBuild:
+    """Describe an app directory or an image file as a release, from the bytes read once.
+
+    Raises ManifestFormatError for a missing, empty or oversized source, and pydantic's
+    ValidationError for fields the manifest refuses.
+    """
+    if (app_dir is None) == (image is None):
+        raise ValueError("give exactly one of app_dir and image")
+    fields: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "secure_version": secure_version,
+        "target": target,
+        "min_previous_version": min_previous_version,
+        "created_at": format_time(created_at),
+        "expires_at": format_time(expires_at) if expires_at is not None else None,
+    }
+    if image is not None:
+        entry, data = collect_image(image)
+        fields.update(kind="image", image=entry)
+    else:
+        assert app_dir is not None
+        files, data = collect_app(app_dir)
+        fields.update(kind="app", files=files)
+    return ReleaseBuild(ReleaseManifest(**fields), data)
+
+
+def collect_image(path: Path) -> tuple[ImageEntry, bytes]:
+    """An image file's manifest entry and bytes."""
+    data = _read_artifact(path)
+    if not data:
+        raise ManifestFormatError(f"{path}: empty image")
+    return ImageEntry(size=len(data), sha256=_sha256(data)), data
+
+
+def collect_app(root: Path) -> tuple[list[FileEntry], bytes]:
+    """An app directory's file entries (sorted by path) and its artifact (the files' bytes
+    concatenated in that order)."""
+    if not root.is_dir():
+        raise ManifestFormatError(f"{root}: not a directory")
+    entries: list[FileEntry] = []
+    parts: list[bytes] = []
+    total = 0
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = _read_artifact(path)
+        total += len(data)
+        if total > MAX_ARTIFACT_BYTES:
+            raise ManifestFormatError(f"{root}: the app is larger than {MAX_ARTIFACT_BYTES} bytes")
         relative = PurePosixPath(path.relative_to(root).as_posix())
-        size, digest = file_sha256(path)
-        entries.append(FileEntry(path=str(relative), size=size, sha256=digest))
-    return entries
+        entries.append(FileEntry(path=str(relative), size=len(data), sha256=_sha256(data)))
+        parts.append(data)
+    if not entries:
+        raise ManifestFormatError(f"{root}: no files")
+    return entries, b"".join(parts)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_artifact(path: Path) -> bytes:
+    try:
+        if path.stat().st_size > MAX_ARTIFACT_BYTES:
+            raise ManifestFormatError(f"{path}: larger than {MAX_ARTIFACT_BYTES} bytes")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ManifestFormatError(f"{path}: {exc.strerror or exc}") from None

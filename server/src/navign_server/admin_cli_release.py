@@ -10,26 +10,18 @@ image.
 from __future__ import annotations
 
 import argparse
-import hashlib
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from navign_proto import keys
-from navign_proto.errors import KeyFormatError
+from navign_proto.errors import KeyFormatError, ManifestFormatError
 from navign_proto.mall import Chip
-from navign_proto.manifest import (
-    MAX_ARTIFACT_BYTES,
-    FileEntry,
-    ImageEntry,
-    ReleaseManifest,
-    format_time,
-    sign_manifest,
-)
+from navign_proto.manifest import ReleaseBuild, collect_app, collect_image, sign_manifest
+from navign_proto.manifest import build_release as build
 from navign_server.admin_cli_http import AdminApi, AdminApiError, ServerError, api_path
 from navign_server.admin_cli_input import (
     CommandError,
@@ -41,14 +33,6 @@ from navign_server.admin_cli_output import Output, shown
 CHANNELS: Final = ("stable", "beta", "canary")
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseBuild:
-    """A manifest and the exact artifact bytes it describes."""
-
-    manifest: ReleaseManifest
-    artifact: bytes
-
-
 def _invalid(exc: ValidationError, what: str) -> CommandError:
     problem = exc.errors()[0]
     where = ".".join(str(p) for p in problem["loc"]) or what
@@ -58,54 +42,24 @@ def _invalid(exc: ValidationError, what: str) -> CommandError:
 
 def build_release(args: argparse.Namespace, now: datetime) -> ReleaseBuild:
     created = now.astimezone(UTC).replace(microsecond=0)
-    fields: dict[str, Any] = {
-        "name": args.name,
-        "version": args.version,
-        "secure_version": args.secure_version,
-        "target": args.target,
-        "min_previous_version": args.min_previous_version,
-        "created_at": format_time(created),
-        "expires_at": format_time(created + timedelta(days=args.expires_in_days))
-        if args.expires_in_days
-        else None,
-    }
-    if args.app_dir is not None:
-        artifact = _app(args.app_dir, fields)
-    else:
-        artifact = read_file(args.image, limit=MAX_ARTIFACT_BYTES)
-        if not artifact:
-            raise CommandError(f"{args.image}: empty image")
-        digest = hashlib.sha256(artifact).hexdigest()
-        fields.update(kind="image", image=ImageEntry(size=len(artifact), sha256=digest))
     try:
-        return ReleaseBuild(ReleaseManifest(**fields), artifact)
+        return build(
+            name=args.name,
+            version=args.version,
+            target=args.target,
+            secure_version=args.secure_version,
+            min_previous_version=args.min_previous_version,
+            created_at=created,
+            expires_at=created + timedelta(days=args.expires_in_days)
+            if args.expires_in_days
+            else None,
+            app_dir=args.app_dir,
+            image=args.image,
+        )
+    except ManifestFormatError as exc:
+        raise CommandError(str(exc)) from None
     except ValidationError as exc:
         raise _invalid(exc, "release") from None
-
-
-def _app(root: Path, fields: dict[str, Any]) -> bytes:
-    if not root.is_dir():
-        raise CommandError(f"{root}: not a directory")
-    entries: list[FileEntry] = []
-    parts: list[bytes] = []
-    total = 0
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):  # as manifest.app_files
-        data = read_file(path, limit=MAX_ARTIFACT_BYTES)
-        total += len(data)
-        if total > MAX_ARTIFACT_BYTES:
-            raise CommandError(f"{root}: the app is larger than {MAX_ARTIFACT_BYTES} bytes")
-        relative = str(PurePosixPath(path.relative_to(root).as_posix()))
-        try:
-            entries.append(
-                FileEntry(path=relative, size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            )
-        except ValidationError as exc:
-            raise _invalid(exc, f"app file {relative!r}") from None
-        parts.append(data)
-    if not entries:
-        raise CommandError(f"{root}: no files")
-    fields.update(kind="app", files=entries)
-    return b"".join(parts)
 
 
 def _signers(paths: list[Path]) -> list[ec.EllipticCurvePrivateKey]:
@@ -172,10 +126,13 @@ def upload_artifact(api: AdminApi, release_id: str, artifact: bytes) -> Any:
 
 def cmd_upload(api: AdminApi, out: Output, args: argparse.Namespace) -> None:
     """Upload (again) the artifact of a created release, e.g. after a dropped connection."""
-    if args.app_dir is not None:
-        artifact = _app(args.app_dir, {})
-    else:
-        artifact = read_file(args.image, limit=MAX_ARTIFACT_BYTES)
+    try:
+        if args.app_dir is not None:
+            _, artifact = collect_app(args.app_dir)
+        else:
+            _, artifact = collect_image(args.image)
+    except ManifestFormatError as exc:
+        raise CommandError(str(exc)) from None
     body = upload_artifact(api, args.release, artifact)
     if out.as_json:
         out.json(body)
