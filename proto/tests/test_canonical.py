@@ -48,3 +48,38 @@ def test_is_canonical() -> None:
     assert not is_canonical(b'{"a": 1}')
     assert not is_canonical(b'{"a":1.0}')
     assert not is_canonical(b"not json")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[9007199254740992]",
+        "[-9007199254740992]",
+        '{"n": 28762037858378947324841551120564224}',
+        "[1e400]",
+        "[-1e400]",
+        '["\\ud800"]',
+        '{"\\udfff": 1}',
+        '["a\\uDBFFb"]',
+        '["\\ud800"]'.encode("utf-16"),
+    ],
+)
+def test_parse_json_refuses_what_has_no_canonical_form(text: str | bytes) -> None:
+    """Whatever parse_json accepts, canonical_json can write (found by the API fuzzer: such
+    values reached the server's storage and failed there, with a 500)."""
+    with pytest.raises(CanonicalJSONError):
+        parse_json(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("[9007199254740991, -9007199254740991]", [2**53 - 1, -(2**53 - 1)]),
+        ("[1e300, 1e-400]", [1e300, 0.0]),
+        ('["\\ud83d\\ude00", "\\\\ud800"]', ["\U0001f600", "\\ud800"]),
+        ('["\\ud83d\\ude00"]'.encode("utf-16"), ["\U0001f600"]),
+    ],
+)
+def test_parse_json_keeps_what_has_one(text: str | bytes, value: object) -> None:
+    assert parse_json(text) == value
+    canonical_json(value)

@@ -197,3 +197,66 @@ async def test_metrics_health_and_jwks(mall_server: RunningServer) -> None:
         jwks = (await client.get("/.well-known/jwks.json")).json()
         assert jwks["keys"][0]["kty"] == "EC"
         assert "d" not in jwks["keys"][0]  # never the private part
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # Integers beyond ±(2**53 - 1) and numbers that overflow to infinity have no canonical
+        # JSON form, nor have lone UTF-16 surrogates: storing any of them failed with a 500.
+        ("config", '{"type": "display", "config": {"n": 28762037858378947324841551120564224}}'),
+        ("config", '{"type": "display", "config": {"n": -9007199254740992}}'),
+        ("config", '{"type": "display", "config": {"n": 1e400}}'),
+        ("config", '{"type": "display", "config": {"\\udb2c": "lone high surrogate"}}'),
+        ("config", '{"type": "display", "config": {"k": ["\\udfdc"]}}'),
+        ("areas", "AREA"),
+    ],
+)
+async def test_json_without_a_canonical_form_is_422(
+    mall_server: RunningServer, path: str, body: str
+) -> None:
+    """Found by the API fuzzer (test_fuzz.py)."""
+    import json
+
+    if body == "AREA":
+        area = sample_mall()["areas"][0] | {"id": "area-new", "name": "Hall \udb2c"}
+        body = json.dumps(area)  # ASCII, so the lone surrogate travels as an escape
+    before = await state(mall_server)
+    async with mall_server.admin() as admin:
+        response = await admin.post(
+            f"/api/admin/entities/{ENTITY}/{path}",
+            content=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+    assert_error(response, 422, "VALIDATION_ERROR")
+    assert await state(mall_server) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A key of the client's choosing is quoted in the error's location and message.
+        {"type": "t", "sources": [{}], "terminals": [{}], "metadata": {"k" * 5000: 1}},
+        '{"type": "t", "' + "d" * 5000 + '": 1, "' + "d" * 5000 + '": 2}',
+    ],
+)
+async def test_errors_quoting_long_input_still_render(
+    mall_server: RunningServer, body: dict[str, Any] | str
+) -> None:
+    """A message over the envelope's 4096 characters failed to render: a 500 instead."""
+    import json
+
+    before = await state(mall_server)
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    async with mall_server.admin() as admin:
+        response = await admin.post(
+            f"/api/admin/entities/{ENTITY}/tasks",
+            content=raw,
+            headers={"Content-Type": "application/json"},
+        )
+    assert_error(response, 422, "VALIDATION_ERROR")
+    error = response.json()["error"]
+    assert len(error["message"]) <= 4096
+    for problem in (error.get("details") or {}).get("errors", []):
+        assert all(len(part) <= 100 for part in problem["loc"])
+    assert await state(mall_server) == before

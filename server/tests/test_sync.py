@@ -199,3 +199,17 @@ async def test_reimport_of_identical_data_changes_nothing(synced: Any) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["changes"] == 0
     assert (await server.ctx.store.entity_state(ENTITY)).head == before.head
+
+
+@pytest.mark.parametrize("since", ["0.5", "1767225600", "2026-01-01", "2026-01-01 00:00:00Z"])
+async def test_delta_since_must_be_rfc3339(synced: Any, since: str) -> None:
+    """pydantic alone took ``0.5`` as seconds since the epoch (found by the API fuzzer)."""
+    _, gateway, _ = synced
+    async with gateway.client() as client:
+        response = await client.get("/api/orchestrators/sync/delta", params={"since": since})
+        assert_error(response, 422, "VALIDATION_ERROR")
+        assert "RFC 3339" in response.json()["error"]["message"]
+        lowercase = await client.get(
+            "/api/orchestrators/sync/delta", params={"since": "2026-01-01t00:00:00.5+02:00"}
+        )
+        assert lowercase.status_code == 200, lowercase.text

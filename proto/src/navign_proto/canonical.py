@@ -17,6 +17,8 @@ outside the Basic Multilingual Plane.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import rfc8785
@@ -38,8 +40,46 @@ def canonical_json(value: Any) -> bytes:
         raise CanonicalJSONError(f"no canonical JSON form: {exc}") from exc
 
 
+#: ``\uD800``-``\uDFFF`` escapes: only these can put a lone surrogate into a parsed string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _safe_integer(text: str) -> int:
+    value = int(text)
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise CanonicalJSONError(f"integer {text[:40]} is outside ±(2**53 - 1)")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise CanonicalJSONError(f"number {text[:40]} is too large for a double")
+    return value
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CanonicalJSONError("string with a lone UTF-16 surrogate") from None
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def parse_json(data: bytes | str) -> Any:
-    """Parse JSON strictly: duplicate object keys and NaN/Infinity literals are refused.
+    """Parse JSON strictly: what has no canonical form is refused, so that whatever is accepted
+    can be stored, checksummed and signed: duplicate object keys, NaN/Infinity literals,
+    integers beyond ±(2**53 - 1), numbers too large for a double, and strings with a lone
+    UTF-16 surrogate (``"\\ud800"``: no UTF-8 form).
 
     Python's ``json`` silently keeps the last of duplicate keys, which would let two readers see
     two different documents behind one signature or checksum.
@@ -57,11 +97,26 @@ def parse_json(data: bytes | str) -> Any:
         raise CanonicalJSONError(f"{name} is not valid JSON")
 
     try:
-        return json.loads(data, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+        value = json.loads(
+            data,
+            object_pairs_hook=no_duplicates,
+            parse_constant=no_constant,
+            parse_int=_safe_integer,
+            parse_float=_finite_float,
+        )
     except CanonicalJSONError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise CanonicalJSONError(f"malformed JSON: {exc}") from exc
+    if isinstance(data, bytes):
+        # A NUL byte: UTF-16 or UTF-32 text (json.loads detects those), where the escapes
+        # do not read as ASCII. UTF-8 JSON never holds a raw NUL.
+        escaped = b"\x00" in data or _SURROGATE_ESCAPE_BYTES.search(data) is not None
+    else:
+        escaped = _SURROGATE_ESCAPE.search(data) is not None
+    if escaped:
+        _refuse_lone_surrogates(value)
+    return value
 
 
 def is_canonical(data: bytes) -> bool:

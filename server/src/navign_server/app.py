@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from navign_proto.manifest import MAX_ARTIFACT_BYTES
+from navign_proto.wire import ErrorEnvelope
 from navign_server import __version__
 from navign_server.api import (
     admin,
@@ -51,12 +52,24 @@ def open_store(database_url: str) -> Store:
     return MongoStore(database_url)
 
 
-def open_blobs(settings: ServerSettings) -> BlobStore:
-    """Where firmware artifacts live: ``<data_dir>/firmware``, content-addressed.
+def open_blobs(settings: ServerSettings, store: Store | None = None) -> BlobStore:
+    """Where firmware artifacts live, content-addressed (``navign_server.blobs``).
 
-    MongoDB mode should keep them in GridFS (issue 3: one database to back up, shared by every
-    instance); until that store exists, every mode uses the file system, so several MongoDB-mode
-    instances must share ``data_dir`` (e.g. a network volume)."""
+    MongoDB mode (``store`` a MongoDB store, or none given and a ``mongodb://`` URL): GridFS, the
+    bucket ``firmware`` in the store's database, so every instance sharing the database shares the
+    artifacts and one backup holds everything (issue 3). It opens a client of its own from the
+    same URL (the store's client is private). SQLite mode: files under ``<data_dir>/firmware``."""
+    if store is not None:
+        from navign_server.storage.mongo_db import MongoDatabase
+
+        if isinstance(store, MongoDatabase):
+            from navign_server.blobs_gridfs import GridFSBlobs
+
+            return GridFSBlobs(store.url, store.database_name)
+    elif settings.database_url.startswith(("mongodb://", "mongodb+srv://")):
+        from navign_server.blobs_gridfs import GridFSBlobs
+
+        return GridFSBlobs(settings.database_url)
     return FilesystemBlobs(settings.data_dir / "firmware")
 
 
@@ -72,6 +85,18 @@ async def _maintenance(ctx: ServerContext) -> None:
             log.warning("maintenance pass failed", exc_info=True)
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _shown_url(url: str) -> str:
+    """A database URL without credentials, for logs."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 def create_app(
     settings: ServerSettings,
     store: Store | None = None,
@@ -79,39 +104,44 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
     metrics = Metrics()
-    hosting = FirmwareHosting(load_release_keys(settings.release_public_keys), open_blobs(settings))
+    hosting = FirmwareHosting(
+        load_release_keys(settings.release_public_keys), open_blobs(settings, store)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = store if store is not None else open_store(settings.database_url)
-        await backend.open()
-        await hosting.blobs.open()
-        tokens = TokenService(
-            backend,
-            issuer=settings.token_issuer,
-            ttl_seconds=settings.token_ttl_seconds,
-            rotation=timedelta(days=settings.signing_key_rotation_days),
-            clock=clock,
-        )
-        await tokens.start()
-        hub = EventHub(backend)
-        await hub.start()
-        ctx = ServerContext(
-            settings=settings, store=backend, tokens=tokens, hub=hub, metrics=metrics, clock=clock
-        )
-        app.state.ctx = ctx
-        maintenance = asyncio.create_task(_maintenance(ctx), name="maintenance")
-        log.info("navign-server %s ready (%s)", __version__, settings.database_url.split("@")[-1])
-        try:
+        # Whatever opened is closed again, in reverse order, even when a later step fails.
+        async with contextlib.AsyncExitStack() as opened:
+            await backend.open()
+            opened.push_async_callback(backend.close)
+            await hosting.blobs.open()
+            opened.push_async_callback(hosting.blobs.close)
+            tokens = TokenService(
+                backend,
+                issuer=settings.token_issuer,
+                ttl_seconds=settings.token_ttl_seconds,
+                rotation=timedelta(days=settings.signing_key_rotation_days),
+                clock=clock,
+            )
+            await tokens.start()
+            hub = EventHub(backend)
+            await hub.start()
+            opened.push_async_callback(hub.close)
+            ctx = ServerContext(
+                settings=settings,
+                store=backend,
+                tokens=tokens,
+                hub=hub,
+                metrics=metrics,
+                clock=clock,
+            )
+            app.state.ctx = ctx
+            maintenance = asyncio.create_task(_maintenance(ctx), name="maintenance")
+            opened.push_async_callback(_stop, maintenance)
+            log.info("navign-server %s ready (%s)", __version__, _shown_url(settings.database_url))
             yield
-        finally:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
-            await hub.close()
-            await backend.close()
-            await hosting.blobs.close()
-            log.info("navign-server stopped cleanly")
+        log.info("navign-server stopped cleanly")
 
     app = FastAPI(
         title="Navign central server",
@@ -119,6 +149,8 @@ def create_app(
         lifespan=lifespan,
         docs_url=None if settings.environment == "production" else "/docs",
         redoc_url=None,
+        # Every refusal is the error envelope (not FastAPI's HTTPValidationError shape).
+        responses={"4XX": {"model": ErrorEnvelope, "description": "The JSON error envelope"}},
     )
     app.state.metrics = metrics
     app.state.firmware = hosting

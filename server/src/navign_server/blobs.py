@@ -3,17 +3,18 @@
 :class:`BlobStore` is the interface the firmware endpoints use. It is shaped to fit both backends:
 
 * :class:`FilesystemBlobs` (SQLite mode): files under ``<data_dir>/firmware``;
-* a GridFS store (MongoDB mode, not written yet): ``put`` maps to an upload stream fed chunk by
-  chunk (GridFS makes the file visible only when the upload stream is closed, and deletes the
-  chunks of an aborted one), ``read`` to a download stream with ``seek`` and ``read(n)``,
-  ``size`` to the files document's ``length``.
+* :class:`~navign_server.blobs_gridfs.GridFSBlobs` (MongoDB mode): the GridFS bucket
+  ``firmware``; ``put`` feeds an upload stream chunk by chunk (GridFS makes the file visible only
+  when the upload stream is closed, and deletes the chunks of an aborted one), ``read`` is a
+  download stream with ``seek`` and ``read(n)``, ``size`` the files document's ``length``.
 
 Rules every implementation keeps:
 
 * **Nothing half-written is ever visible.** ``put`` consumes the chunk iterator completely before
   the blob appears under its name; if the iterator raises (the caller's verification failed, the
   client went away) or the store fails, the partial data is deleted and the exception propagates.
-* **Durable before visible**: the bytes are on disk (fsync) before the name appears.
+* **Durable before visible**: the bytes are on disk (fsync; in GridFS, acknowledged by a majority
+  of the replica set) before the name appears.
 * Blobs are never modified. Writing bytes that are already stored changes nothing.
 """
 

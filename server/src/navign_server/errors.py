@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,28 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+#: ``ErrorBody.message`` holds at most this many characters: longer messages are cut, so that an
+#: error always renders (it may quote the client's input, e.g. a key in a location).
+MAX_MESSAGE_CHARS = 4096
+#: Each part of a validation error's location (a key the client chose may be of any length).
+MAX_LOCATION_PART_CHARS = 100
+MAX_PROBLEMS = 20
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def validation_problems(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors as the envelope's ``details.errors``: the first few, each bounded."""
+    return [
+        {
+            "loc": [clip(str(p), MAX_LOCATION_PART_CHARS) for p in error.get("loc", ())],
+            "msg": clip(str(error.get("msg", "")), 300),
+            "type": str(error.get("type", "")),
+        }
+        for error in itertools.islice(errors, MAX_PROBLEMS)
+    ]
 
 
 class ApiError(Exception):
@@ -62,7 +85,10 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorEnvelope.of(
-        code, message, request_id=request_id, details=dict(details) if details else None
+        code,
+        clip(message, MAX_MESSAGE_CHARS),
+        request_id=request_id,
+        details=dict(details) if details else None,
     )
     all_headers = {REQUEST_ID_HEADER: request_id, **(headers or {})}
     return JSONResponse(
@@ -73,16 +99,7 @@ def error_response(
 
 
 def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
-    problems = []
-    for error in exc.errors()[:20]:
-        problems.append(
-            {
-                "loc": [str(p) for p in error.get("loc", ())],
-                "msg": str(error.get("msg", ""))[:300],
-                "type": str(error.get("type", "")),
-            }
-        )
-    return {"errors": problems}
+    return {"errors": validation_problems(exc.errors())}
 
 
 def install_error_handlers(app: FastAPI) -> None:

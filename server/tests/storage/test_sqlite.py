@@ -377,3 +377,39 @@ async def test_stored_times_are_utc_microseconds(sqlite_store: SqliteStore, db_p
     assert event.created_at == local
     assert event.created_at.tzinfo is UTC
     assert query(db_path, "SELECT created_us FROM events") == [(to_us(local),)]
+
+
+async def test_transactions_cancelled_by_a_cancel_scope_leave_the_connections_clean(
+    sqlite_store: SqliteStore, db_path: Path, mall: MallData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client disconnect cancels through an AnyIO cancel scope (sse-starlette, Starlette),
+    which cancels every later ``await`` as well, the transaction's own ROLLBACK included.
+    aiosqlite still ran that ROLLBACK, later, in its thread, after the lock was let go: the next
+    transaction on the connection saw a stale ``in_transaction`` and failed with "cannot
+    rollback - no transaction is active", an HTTP 500 (found by the API fuzzer, test_fuzz.py)."""
+    import anyio
+
+    real_digests = sqlite_module._digests
+    scopes: list[anyio.CancelScope] = []
+
+    async def cancelled_digests(conn: aiosqlite.Connection, entity_id: str) -> MallChecksums:
+        scopes[-1].cancel()  # as a disconnect would, in the middle of the transaction
+        return await real_digests(conn, entity_id)
+
+    for attempt in range(40):  # the race was lost about one time in three
+        monkeypatch.setattr(sqlite_module, "_digests", cancelled_digests)
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            if attempt % 2:
+                await sqlite_store.entity_state(ENTITY)
+            else:
+                await sqlite_store.write_documents(ENTITY, creates(mall), at(1))
+        assert scope.cancelled_caught
+        monkeypatch.undo()
+        # At once, on the same connection: the reader, then the writer.
+        assert sum((await sqlite_store.entity_state(ENTITY)).counts.values()) == 0
+        await sqlite_store.append_event(ENTITY, "ping", {}, at(2))
+    await sqlite_store.write_documents(ENTITY, creates(mall), at(3))
+    assert len(query(db_path, "SELECT id FROM documents")) == sum(
+        len(docs) for docs in mall.documents().values()
+    )

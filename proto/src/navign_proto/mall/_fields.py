@@ -58,10 +58,18 @@ Description = Annotated[
 ]
 """Free text, 1..2000 characters after stripping."""
 
-OptionalDescription = Annotated[Description | None, BeforeValidator(_blank_to_none)]
+Blank = Annotated[str, StringConstraints(pattern=r"^\s*$")]
+"""An empty or all-whitespace string (documents what ``_blank_to_none`` accepts)."""
+
+OptionalDescription = Annotated[
+    Description | None,
+    BeforeValidator(_blank_to_none, json_schema_input_type=Description | Blank | None),
+]
 """An optional ``Description``: a blank string is read as absent."""
 
-OptionalName = Annotated[Name | None, BeforeValidator(_blank_to_none)]
+OptionalName = Annotated[
+    Name | None, BeforeValidator(_blank_to_none, json_schema_input_type=Name | Blank | None)
+]
 """An optional ``Name`` (city, region, nation): a blank string is read as absent."""
 
 FloorLabel = Annotated[

@@ -15,7 +15,7 @@ from navign_proto.errors import KeyFormatError
 from navign_proto.mall import COLLECTIONS, Entity, Identifier, MallData
 from navign_proto.wire import ConfigUpdateEvent, ErrorCode, TaskCreateEvent
 from navign_proto.wire import format_rfc3339 as rfc3339
-from navign_server.api.bodies import parse_body, read_json, require_json
+from navign_server.api.bodies import json_body, parse_body, read_json, require_json
 from navign_server.auth.principals import Admin, AdminPrincipal, Ctx, hash_secret
 from navign_server.context import ServerContext
 from navign_server.errors import ApiError
@@ -112,7 +112,7 @@ async def list_entities(ctx: Ctx, who: Admin) -> dict[str, Any]:
     return {"entities": await ctx.store.list_entities()}
 
 
-@router.post("/entities", status_code=201)
+@router.post("/entities", status_code=201, openapi_extra=json_body(Entity))
 async def create_entity(request: Request, ctx: Ctx, who: Admin) -> dict[str, Any]:
     entity, _ = await read_json(request, Entity)
     try:
@@ -139,7 +139,7 @@ async def get_entity(entity_id: IdPath, ctx: Ctx, who: Admin) -> dict[str, Any]:
     }
 
 
-@router.put("/entities/{entity_id}")
+@router.put("/entities/{entity_id}", openapi_extra=json_body(Entity))
 async def update_entity(
     entity_id: IdPath, request: Request, ctx: Ctx, who: Admin
 ) -> dict[str, Any]:
@@ -182,10 +182,13 @@ def _validated(collection: str, entity_id: str, body: bytes) -> dict[str, Any]:
     return document.document()
 
 
+#: The body of a document write: the model of the collection in the path.
+ANY_DOCUMENT = json_body(*COLLECTIONS.values())
+
 # Specific routes first: /entities/{id}/{collection} would otherwise match them.
 
 
-@router.post("/entities/{entity_id}/import")
+@router.post("/entities/{entity_id}/import", openapi_extra=json_body(MallData))
 async def import_mall(
     entity_id: IdPath,
     request: Request,
@@ -262,7 +265,7 @@ class _ConfigInput(_Body):
     config: dict[str, Any] = Field(max_length=256)
 
 
-@router.post("/entities/{entity_id}/tasks", status_code=201)
+@router.post("/entities/{entity_id}/tasks", status_code=201, openapi_extra=json_body(_TaskInput))
 async def create_task(entity_id: IdPath, request: Request, ctx: Ctx, who: Admin) -> dict[str, Any]:
     raw, _ = await read_json(request, _TaskInput)
     data = {
@@ -282,7 +285,7 @@ async def create_task(entity_id: IdPath, request: Request, ctx: Ctx, who: Admin)
     return {"task_id": event.task_id, "seq": seq}
 
 
-@router.post("/entities/{entity_id}/config", status_code=201)
+@router.post("/entities/{entity_id}/config", status_code=201, openapi_extra=json_body(_ConfigInput))
 async def push_config(entity_id: IdPath, request: Request, ctx: Ctx, who: Admin) -> dict[str, Any]:
     body, _ = await read_json(request, _ConfigInput)
     # Gateways apply the newest version of each config type; milliseconds since the epoch
@@ -321,7 +324,7 @@ async def list_documents(
     return {"documents": documents, "next_after": next_after}
 
 
-@router.post("/entities/{entity_id}/{collection}", status_code=201)
+@router.post("/entities/{entity_id}/{collection}", status_code=201, openapi_extra=ANY_DOCUMENT)
 async def create_document(
     entity_id: IdPath, collection: CollectionPath, request: Request, ctx: Ctx, who: Admin
 ) -> dict[str, Any]:
@@ -347,7 +350,7 @@ async def get_document(
         raise _not_found(exc) from None
 
 
-@router.put("/entities/{entity_id}/{collection}/{doc_id}")
+@router.put("/entities/{entity_id}/{collection}/{doc_id}", openapi_extra=ANY_DOCUMENT)
 async def update_document(
     entity_id: IdPath,
     collection: CollectionPath,
@@ -383,7 +386,7 @@ async def delete_document(
 # -- gateways ---------------------------------------------------------------------------------
 
 
-@router.post("/enrollment-tokens", status_code=201)
+@router.post("/enrollment-tokens", status_code=201, openapi_extra=json_body(EnrollmentTokenCreate))
 async def create_enrollment_token(request: Request, ctx: Ctx, who: Admin) -> dict[str, Any]:
     body, _ = await read_json(request, EnrollmentTokenCreate)
     try:
@@ -437,7 +440,9 @@ async def list_enrollment_tokens(
     }
 
 
-@router.post("/preregistered-keys", status_code=201)
+@router.post(
+    "/preregistered-keys", status_code=201, openapi_extra=json_body(PreregisteredKeyCreate)
+)
 async def preregister_key(request: Request, ctx: Ctx, who: Admin) -> dict[str, Any]:
     body, _ = await read_json(request, PreregisteredKeyCreate)
     try:
@@ -557,7 +562,11 @@ async def heartbeats(
     return {"heartbeats": [{"received_at": rfc3339(b.received_at), **b.body} for b in beats]}
 
 
-@router.post("/orchestrators/{entity_id}/{orchestrator_id}/commands", status_code=201)
+@router.post(
+    "/orchestrators/{entity_id}/{orchestrator_id}/commands",
+    status_code=201,
+    openapi_extra=json_body(CommandCreate),
+)
 async def enqueue_command(
     entity_id: IdPath, orchestrator_id: IdPath, request: Request, ctx: Ctx, who: Admin
 ) -> dict[str, Any]:

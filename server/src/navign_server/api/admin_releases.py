@@ -33,7 +33,7 @@ from navign_proto.wire import (
 from navign_proto.wire import format_rfc3339 as rfc3339
 from navign_proto.wire._types import Keyword
 from navign_proto.wire.firmware import ChangelogLine, HardwareName
-from navign_server.api.bodies import read_json
+from navign_server.api.bodies import json_body, read_json
 from navign_server.api.firmware import KEYWORD_PATTERN, Hosting
 from navign_server.api.rollout import RolloutPolicyInput
 from navign_server.auth.principals import Admin, AdminPrincipal, Ctx
@@ -58,6 +58,12 @@ router = APIRouter(prefix="/api/admin", tags=["admin", "firmware"])
 
 IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 ARTIFACT_MEDIA_TYPE = "application/octet-stream"
+ARTIFACT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {ARTIFACT_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 class _Body(BaseModel):
@@ -144,7 +150,7 @@ def _stored_manifest(release: Release) -> ReleaseManifest:
 # -- releases ---------------------------------------------------------------------------------
 
 
-@router.post("/releases", status_code=201)
+@router.post("/releases", status_code=201, openapi_extra=json_body(ReleaseCreate))
 async def create_release(request: Request, ctx: Ctx, who: Admin, firmware: Hosting) -> Any:
     body, _ = await read_json(request, ReleaseCreate)
 
@@ -204,7 +210,7 @@ async def create_release(request: Request, ctx: Ctx, who: Admin, firmware: Hosti
     return _release_json(release)
 
 
-@router.put("/releases/{release_id}/artifact")
+@router.put("/releases/{release_id}/artifact", openapi_extra=ARTIFACT_BODY)
 async def upload_artifact(
     release_id: IdPath, request: Request, ctx: Ctx, who: Admin, firmware: Hosting
 ) -> Any:
@@ -323,7 +329,11 @@ def _check_targets(policy: RolloutPolicyInput, release: Release) -> None:
         )
 
 
-@router.post("/entities/{entity_id}/firmware-assignments", status_code=201)
+@router.post(
+    "/entities/{entity_id}/firmware-assignments",
+    status_code=201,
+    openapi_extra=json_body(AssignmentCreate),
+)
 async def assign_release(entity_id: IdPath, request: Request, ctx: Ctx, who: Admin) -> Any:
     body, _ = await read_json(request, AssignmentCreate)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -137,7 +137,21 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(first, last)
 
 
-@router.api_route("/{firmware_id}/download", methods=["GET", "HEAD"])
+_BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The whole artifact", "content": _BYTES},
+    206: {"description": "The requested byte range (Content-Range)", "content": _BYTES},
+}
+
+
+# Two routes, so that GET and HEAD have distinct operation ids in the OpenAPI document.
+@router.head(
+    "/{firmware_id}/download",
+    operation_id="download_head",
+    response_class=Response,
+    responses=ARTIFACT_RESPONSES,
+)
+@router.get("/{firmware_id}/download", response_class=Response, responses=ARTIFACT_RESPONSES)
 async def download(
     firmware_id: IdPath, request: Request, ctx: Ctx, principal: Gateway, firmware: Hosting
 ) -> Response:

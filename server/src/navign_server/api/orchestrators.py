@@ -20,7 +20,7 @@ from navign_proto.wire import (
     TokenRefreshRequest,
     TokenRefreshResponse,
 )
-from navign_server.api.bodies import read_json
+from navign_server.api.bodies import json_body, read_json
 from navign_server.auth.principals import Ctx, Gateway, check_orchestrator_status, hash_secret
 from navign_server.auth.signed import verify_signed_request
 from navign_server.context import ServerContext, client_address
@@ -72,7 +72,7 @@ def _limit(ctx: ServerContext, limiter_name: str, key: str) -> None:
         )
 
 
-@router.post("/register", response_model=RegisterResponse)
+@router.post("/register", response_model=RegisterResponse, openapi_extra=json_body(RegisterRequest))
 async def register(request: Request, ctx: Ctx) -> RegisterResponse:
     address = client_address(request)
     _limit(ctx, "registration", f"addr:{address}")
@@ -177,7 +177,9 @@ def _registration_refusal(exc: ConflictError) -> tuple[ErrorCode, str, dict[str,
     return ErrorCode.CONFLICT, str(exc), {}
 
 
-@router.post("/token", response_model=TokenRefreshResponse)
+@router.post(
+    "/token", response_model=TokenRefreshResponse, openapi_extra=json_body(TokenRefreshRequest)
+)
 async def refresh_token(request: Request, ctx: Ctx) -> TokenRefreshResponse:
     body, raw = await read_json(request, TokenRefreshRequest)
     _limit(ctx, "refresh", f"orch:{body.entity_id}/{body.orchestrator_id}")
@@ -198,7 +200,9 @@ async def refresh_token(request: Request, ctx: Ctx) -> TokenRefreshResponse:
     return TokenRefreshResponse(token=token, expires_at=expires_at)
 
 
-@router.post("/heartbeat", response_model=HeartbeatResponse)
+@router.post(
+    "/heartbeat", response_model=HeartbeatResponse, openapi_extra=json_body(HeartbeatRequest)
+)
 async def heartbeat(request: Request, ctx: Ctx, principal: Gateway) -> HeartbeatResponse:
     body, _ = await read_json(request, HeartbeatRequest)
     principal.require_entity(body.entity_id)

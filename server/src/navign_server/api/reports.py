@@ -16,7 +16,7 @@ from navign_proto.wire import (
 )
 from navign_proto.wire import format_rfc3339 as rfc3339
 from navign_server.api.admin import IdPath
-from navign_server.api.bodies import read_json
+from navign_server.api.bodies import json_body, read_json
 from navign_server.auth.principals import Admin, Ctx, Gateway
 from navign_server.storage.base import (
     BeaconStatusRecord,
@@ -27,7 +27,11 @@ from navign_server.storage.base import (
 router = APIRouter(tags=["reports"])
 
 
-@router.post("/api/orchestrators/reports/beacons", response_model=ReportAccepted)
+@router.post(
+    "/api/orchestrators/reports/beacons",
+    response_model=ReportAccepted,
+    openapi_extra=json_body(BeaconStatusReport),
+)
 async def report_beacons(request: Request, ctx: Ctx, principal: Gateway) -> ReportAccepted:
     body, _ = await read_json(request, BeaconStatusReport)
     principal.require_entity(body.entity_id)
@@ -47,7 +51,11 @@ async def report_beacons(request: Request, ctx: Ctx, principal: Gateway) -> Repo
     return ReportAccepted(accepted=len(records))
 
 
-@router.post("/api/orchestrators/reports/firmware", response_model=ReportAccepted)
+@router.post(
+    "/api/orchestrators/reports/firmware",
+    response_model=ReportAccepted,
+    openapi_extra=json_body(FirmwareStatusReport),
+)
 async def report_firmware(request: Request, ctx: Ctx, principal: Gateway) -> ReportAccepted:
     body, _ = await read_json(request, FirmwareStatusReport)
     principal.require_entity(body.entity_id)
@@ -66,7 +74,11 @@ async def report_firmware(request: Request, ctx: Ctx, principal: Gateway) -> Rep
     return ReportAccepted(accepted=1)
 
 
-@router.post("/api/orchestrators/reports/tasks", response_model=ReportAccepted)
+@router.post(
+    "/api/orchestrators/reports/tasks",
+    response_model=ReportAccepted,
+    openapi_extra=json_body(TaskStatusReport),
+)
 async def report_task(request: Request, ctx: Ctx, principal: Gateway) -> ReportAccepted:
     body, _ = await read_json(request, TaskStatusReport)
     principal.require_entity(body.entity_id)

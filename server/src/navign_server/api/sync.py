@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 
 from navign_proto.checksums import COLLECTIONS
 from navign_proto.wire import ChecksumResponse, ErrorCode, SyncDeltaResponse, SyncFullResponse
@@ -22,6 +24,20 @@ DELTA_DEFAULT_LIMIT = 500
 DELTA_MAX_LIMIT = 5000
 
 EntityParam = Annotated[str | None, Query(max_length=64)]
+_RFC3339_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339_only(value: object) -> object:
+    """``since`` is an RFC 3339 timestamp with an offset; pydantic alone would also take
+    ``0.5`` (seconds since the epoch) or a date without a time."""
+    if isinstance(value, str) and not _RFC3339_RE.fullmatch(value):
+        raise ValueError(
+            "must be an RFC 3339 timestamp with a UTC offset, e.g. 2025-01-08T10:00:00Z"
+        )
+    return value
 
 
 def _entity(principal: Gateway, entity_id: str | None) -> str:
@@ -96,7 +112,7 @@ async def sync_delta(
     principal: Gateway,
     entity_id: EntityParam = None,
     cursor: Annotated[int | None, Query(ge=0, le=2**53 - 1)] = None,
-    since: Annotated[datetime | None, Query()] = None,
+    since: Annotated[datetime | None, BeforeValidator(_rfc3339_only), Query()] = None,
     limit: Annotated[int, Query(ge=1, le=DELTA_MAX_LIMIT)] = DELTA_DEFAULT_LIMIT,
 ) -> JSONResponse:
     entity = _entity(principal, entity_id)

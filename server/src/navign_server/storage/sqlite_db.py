@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 import aiosqlite
+import anyio
 
 from navign_server.storage.base import StorageError, StoredEvent, WatchOverflowError
 from navign_server.storage.sqlite_schema import MIN_SQLITE_VERSION, migrate
@@ -178,6 +179,41 @@ async def _connect(path: Path, *, reader: bool) -> aiosqlite.Connection:
     return conn
 
 
+async def _run_to_end(conn: aiosqlite.Connection, sql: str) -> asyncio.CancelledError | None:
+    """Run ``sql`` to its end even if this task is cancelled meanwhile; returns the
+    cancellation that arrived (for the caller to raise once the connection is in a known state).
+
+    aiosqlite runs statements in its own thread, in order, and a cancelled ``await`` does not
+    stop a statement: it still runs, later. A transaction that let go of its lock while its
+    BEGIN, COMMIT or ROLLBACK was still queued handed the next holder a connection whose
+    ``in_transaction`` was about to change under it ("cannot rollback - no transaction is
+    active": a 500 on the next request), and could commit without publishing its events.
+    Cancellation comes both from ``task.cancel()`` (once) and from AnyIO cancel scopes, as
+    Starlette and sse-starlette use on a client disconnect (again at every ``await``: hence the
+    shielded scope).
+    """
+    statement = asyncio.ensure_future(conn.execute(sql))
+    cancelled: asyncio.CancelledError | None = None
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                await asyncio.shield(statement)
+            except asyncio.CancelledError as exc:
+                if statement.cancelled():
+                    raise
+                cancelled = exc
+            else:
+                break
+    return cancelled
+
+
+async def _statement(conn: aiosqlite.Connection, sql: str) -> None:
+    """:func:`_run_to_end`, then raise the cancellation that arrived meanwhile, if any."""
+    cancelled = await _run_to_end(conn, sql)
+    if cancelled is not None:
+        raise cancelled
+
+
 class SqliteDatabase:
     """Connections, transactions and the event feed; the tables live in the subclasses."""
 
@@ -225,18 +261,21 @@ class SqliteDatabase:
             conn = self._writer
             if conn is None:
                 raise StoreClosedError
-            if conn.in_transaction:  # a rollback was itself interrupted earlier
-                await conn.execute("ROLLBACK")
-            await conn.execute("BEGIN IMMEDIATE")
+            if conn.in_transaction:  # defensive: every path below ends the transaction
+                await _statement(conn, "ROLLBACK")
             tx = Transaction(conn)
             try:
+                await _statement(conn, "BEGIN IMMEDIATE")
                 yield tx
-                await conn.execute("COMMIT")
+                cancelled = await _run_to_end(conn, "COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                    await _statement(conn, "ROLLBACK")
                 raise
+            # Committed: its events go out even if the caller was cancelled during the COMMIT.
             self._fanout.publish(tx.events)
+            if cancelled is not None:
+                raise cancelled
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -245,14 +284,14 @@ class SqliteDatabase:
             conn = self._reader
             if conn is None:
                 raise StoreClosedError
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            await conn.execute("BEGIN")
+            if conn.in_transaction:  # defensive: every path below ends the transaction
+                await _statement(conn, "ROLLBACK")
             try:
+                await _statement(conn, "BEGIN")
                 yield conn
             finally:
                 if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                    await _statement(conn, "ROLLBACK")
 
     async def _query(self, sql: str, params: Params = ()) -> list[Any]:
         """A single-statement read."""
