@@ -56,5 +56,10 @@ check-generated: env
 demo: env
 	@$(RUN) bash demo/run.sh "$(DEMO_DIR)"
 
+# Benchmarks of the central server (about 10 minutes); rewrites the figures in docs/benchmarks.md.
+.PHONY: bench
+bench: env
+	$(RUN) python bench/run.py
+
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
