@@ -86,7 +86,8 @@ async def test_a_slow_subscriber_is_dropped_not_buffered(store: SqliteStore) -> 
             await store.append_event("mall-1", "config_update", {"n": i}, T0)
             event = await fast.next(wait=5)  # the fast one keeps up
             assert event is not None
-            assert event.data == {"n": i}
+            assert event.type == "config_update"
+            assert event.frame.endswith(b'data: {"n":%d}\r\n\r\n' % i)
         with pytest.raises(SubscriptionClosedError) as closed:
             await slow.next(wait=5)  # 8 events for a queue of 5: dropped, nothing delivered
         assert closed.value.reason == "subscriber fell behind"
@@ -113,3 +114,32 @@ async def test_hub_close_ends_waiting_subscribers(store: SqliteStore) -> None:
     assert closed.value.reason == "server shutting down"
     with pytest.raises(SubscriptionClosedError):
         hub.subscribe("mall-1")
+
+
+async def test_subscriptions_end_when_their_token_expires(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import navign_server.events.hub as hub_module
+
+    monkeypatch.setattr(hub_module, "SWEEP_SECONDS", 0.05)
+    clock = Clock()
+    hub = EventHub(store, clock=clock)
+    await hub.start()
+    try:
+        expiring = hub.subscribe("mall-1", deadline=clock.now + timedelta(seconds=60))
+        lasting = hub.subscribe("mall-1", deadline=clock.now + timedelta(hours=2))
+        clock.now += timedelta(seconds=61)
+        with pytest.raises(SubscriptionClosedError) as closed:
+            await asyncio.wait_for(expiring.next(), 5)
+        assert closed.value.reason == "token expired"
+        assert await lasting.next(wait=0.2) is None  # still open
+    finally:
+        await hub.close()
+
+
+def test_frames_are_encoded_once_as_the_protocol_says() -> None:
+    from navign_server.events.hub import encode_frame
+    from navign_server.storage.base import StoredEvent
+
+    frame = encode_frame(StoredEvent("mall-1", 42, "data_update", {"seq": 42, "é": [1]}, T0))
+    assert frame == 'id: 42\r\nevent: data_update\r\ndata: {"seq":42,"é":[1]}\r\n\r\n'.encode()

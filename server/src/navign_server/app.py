@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -85,6 +86,21 @@ async def _maintenance(ctx: ServerContext) -> None:
             log.warning("maintenance pass failed", exc_info=True)
 
 
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_GEN0_THRESHOLD = 50_000
+
+
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic collector from pausing the event loop (bench/sse_fanout.py measured
+    full collections of ~280 ms at 1,000 streams). What start-up loaded (modules, schemas) lives
+    as long as the process: freeze it, so collections no longer scan it; and collect the young
+    generation less often, as the many short-lived request objects allow."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def _stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -125,7 +141,7 @@ def create_app(
                 clock=clock,
             )
             await tokens.start()
-            hub = EventHub(backend)
+            hub = EventHub(backend, clock=clock)
             await hub.start()
             opened.push_async_callback(hub.close)
             ctx = ServerContext(
@@ -139,6 +155,7 @@ def create_app(
             app.state.ctx = ctx
             maintenance = asyncio.create_task(_maintenance(ctx), name="maintenance")
             opened.push_async_callback(_stop, maintenance)
+            _tune_garbage_collector()
             log.info("navign-server %s ready (%s)", __version__, _shown_url(settings.database_url))
             yield
         log.info("navign-server stopped cleanly")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -20,14 +17,16 @@ from navign_proto.wire import format_rfc3339 as rfc3339
 from navign_server.auth.principals import Ctx, Gateway
 from navign_server.context import ServerContext
 from navign_server.errors import ApiError
-from navign_server.events.hub import Subscription, SubscriptionClosedError
+from navign_server.events.hub import SubscriptionClosedError, encode_frame
 from navign_server.ratelimit import retry_after_header
-from navign_server.storage.base import HistoryExpiredError, StoredEvent
+from navign_server.storage.base import HistoryExpiredError
 
 router = APIRouter(prefix="/api/orchestrators", tags=["events"])
 
 #: Events read from the store per replay page.
 REPLAY_PAGE = 500
+#: Replay stops after this many pages (5,000,000 events); the live stream then catches up.
+MAX_REPLAY_PAGES = 10_000
 #: The reconnection delay we suggest (``retry:``), plus up to RETRY_JITTER_MS of random jitter
 #: so that thousands of gateways do not reconnect in the same instant after a deploy.
 RETRY_BASE_MS = 2000
@@ -53,98 +52,67 @@ def _json(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def _frame(event: StoredEvent) -> ServerSentEvent:
-    return ServerSentEvent(data=_json(event.data), event=event.type, id=str(event.seq))
-
-
 async def _events(
-    ctx: ServerContext, principal: Gateway, last_event_id: int | None, shutdown: anyio.Event
-) -> AsyncIterator[ServerSentEvent]:
+    ctx: ServerContext, principal: Gateway, last_event_id: int | None
+) -> AsyncIterator[ServerSentEvent | bytes]:
     published = ctx.metrics.events_published
     ctx.metrics.sse_connections.inc()
     try:
-        async for frame in _stream(ctx, principal, last_event_id, shutdown):
-            if frame.event:
-                published.labels(frame.event).inc()
-            yield frame
+        async for frame in _stream(ctx, principal, last_event_id):
+            if isinstance(frame, tuple):
+                published.labels(frame[0]).inc()
+                yield frame[1]
+            else:
+                yield frame
     finally:
         ctx.metrics.sse_connections.dec()
 
 
-async def _end_on_shutdown(shutdown: anyio.Event, subscription: Subscription) -> None:
-    await shutdown.wait()
-    subscription.end("server shutting down")
-
-
 async def _stream(
-    ctx: ServerContext, principal: Gateway, last_event_id: int | None, shutdown: anyio.Event
-) -> AsyncIterator[ServerSentEvent]:
+    ctx: ServerContext, principal: Gateway, last_event_id: int | None
+) -> AsyncIterator[ServerSentEvent | tuple[str, bytes]]:
     entity_id = principal.entity_id
-    deadline = principal.claims.expires_at
-    # Subscribe before reading history: whatever commits meanwhile is queued, and the
-    # overlap with the replay is dropped by sequence number below.
-    async with ctx.hub.subscription(entity_id) as subscription:
-        # On shutdown the stream ends by itself, so the response completes properly.
-        watcher = asyncio.create_task(_end_on_shutdown(shutdown, subscription))
-        try:
-            async for frame in _frames(ctx, entity_id, deadline, last_event_id, subscription):
-                yield frame
-        finally:
-            watcher.cancel()
-
-
-async def _frames(
-    ctx: ServerContext,
-    entity_id: str,
-    deadline: datetime,
-    last_event_id: int | None,
-    subscription: Subscription,
-) -> AsyncIterator[ServerSentEvent]:
-    yield ServerSentEvent(
-        comment="navign events",
-        # secrets, not random: the global random state is not ours to advance (Hypothesis in the
-        # API fuzz test, running in the same process, checks that nobody else does).
-        retry=RETRY_BASE_MS + secrets.randbelow(RETRY_JITTER_MS),
-    )
-    if last_event_id is None:
-        position = (await ctx.store.entity_state(entity_id)).head
-    else:
-        position = last_event_id
-        try:
-            while True:
-                page = await ctx.store.events_since(entity_id, position, REPLAY_PAGE)
-                for event in page:
-                    yield _frame(event)
-                    position = event.seq
-                if len(page) < REPLAY_PAGE:
-                    break
-        except HistoryExpiredError as exc:
-            yield ServerSentEvent(
-                event="resync_required",
-                data=_json(
-                    {
-                        "reason": "event history no longer covers Last-Event-ID "
-                        f"{last_event_id} (retained {exc.floor}..{exc.head})",
-                        "collections": list(COLLECTIONS),
-                    }
-                ),
-            )
+    # Subscribe before reading history: whatever commits meanwhile is queued, and the overlap
+    # with the replay is dropped by sequence number below. The hub ends the subscription when
+    # the token expires (the gateway refreshes it and reconnects) or the server shuts down.
+    async with ctx.hub.subscription(entity_id, principal.claims.expires_at) as subscription:
+        yield ServerSentEvent(
+            comment="navign events", retry=RETRY_BASE_MS + secrets.randbelow(RETRY_JITTER_MS)
+        )
+        if last_event_id is None:
             position = (await ctx.store.entity_state(entity_id)).head
-    while True:
-        remaining = (deadline - ctx.clock()).total_seconds()
-        if remaining <= 0:
-            return  # token expired: the gateway refreshes it and reconnects
-        try:
-            live = await subscription.next(wait=min(remaining, 60.0))
-        except SubscriptionClosedError:
-            return  # fell behind or shutting down: reconnect with Last-Event-ID
-        if live is None or live.seq <= position:
-            continue
-        yield _frame(live)
-        position = live.seq
+        else:
+            position = last_event_id
+            try:
+                for _ in range(MAX_REPLAY_PAGES):
+                    page = await ctx.store.events_since(entity_id, position, REPLAY_PAGE)
+                    for event in page:
+                        yield event.type, encode_frame(event)
+                        position = event.seq
+                    if len(page) < REPLAY_PAGE:
+                        break
+            except HistoryExpiredError as exc:
+                yield ServerSentEvent(
+                    event="resync_required",
+                    data=_json(
+                        {
+                            "reason": "event history no longer covers Last-Event-ID "
+                            f"{last_event_id} (retained {exc.floor}..{exc.head})",
+                            "collections": list(COLLECTIONS),
+                        }
+                    ),
+                )
+                position = (await ctx.store.entity_state(entity_id)).head
+        while True:
+            try:
+                live = await subscription.next()
+            except SubscriptionClosedError:
+                return  # fell behind, token expired or shutting down: the gateway reconnects
+            if live is not None and live.seq > position:
+                yield live.type, live.frame
+                position = live.seq
 
 
-#: The header the handler reads itself, documented for clients (and the API fuzzer).
 LAST_EVENT_ID_PARAMETER = {
     "name": "Last-Event-ID",
     "in": "header",
@@ -174,13 +142,12 @@ async def events(request: Request, ctx: Ctx, principal: Gateway) -> EventSourceR
     def ping() -> ServerSentEvent:
         return ServerSentEvent(event="ping", data=_json({"server_time": rfc3339(ctx.clock())}))
 
-    shutdown = anyio.Event()
     return EventSourceResponse(
-        _events(ctx, principal, last_event_id, shutdown),
+        _events(ctx, principal, last_event_id),
         ping=ctx.settings.sse_ping_seconds,
         ping_message_factory=ping,
         send_timeout=SEND_TIMEOUT_SECONDS,
-        shutdown_event=shutdown,
+        shutdown_event=ctx.hub.shutdown_signal,
         shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
