@@ -18,6 +18,7 @@ from navign_proto.wire import ErrorEnvelope
 from navign_server import __version__
 from navign_server.api import (
     admin,
+    admin_gateways,
     admin_releases,
     events,
     firmware,
@@ -181,6 +182,7 @@ def create_app(
         admin_releases.router,
         reports.router,  # before admin: /entities/{id}/{collection} would catch its paths
         admin.router,
+        admin_gateways.router,
         meta.router,
     ):
         app.include_router(router)

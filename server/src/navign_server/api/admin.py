@@ -1,66 +1,41 @@
-"""The admin API (``/api/admin/...``): entities and their data, gateway enrollment and approval,
-commands, tasks, configuration pushes, and read-only views. Every call is audit-logged."""
+"""The admin API (``/api/admin/...``): entities and their data, tasks, configuration pushes and
+the audit log; gateways are in ``admin_gateways``, releases in ``admin_releases``. Every call is
+audit-logged."""
 
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from navign_proto import keys
-from navign_proto.errors import KeyFormatError
 from navign_proto.mall import COLLECTIONS, Entity, Identifier, MallData
 from navign_proto.wire import ConfigUpdateEvent, ErrorCode, TaskCreateEvent
 from navign_proto.wire import format_rfc3339 as rfc3339
 from navign_server.api.bodies import json_body, parse_body, read_json, require_json
-from navign_server.auth.principals import Admin, AdminPrincipal, Ctx, hash_secret
+from navign_server.auth.principals import Admin, AdminPrincipal, Ctx
 from navign_server.context import ServerContext
 from navign_server.errors import ApiError
 from navign_server.storage.base import (
     AuditRecord,
-    Command,
     ConflictError,
     DocumentWrite,
-    EnrollmentToken,
     NotFoundError,
-    Orchestrator,
-    PreregisteredKey,
     WriteResult,
 )
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
-ENROLLMENT_TOKEN_PREFIX = "nve_"  # noqa: S105 - a prefix, not a secret
 IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 CollectionPath = Annotated[str, Path(pattern=r"^(areas|beacons|merchants|connections)$")]
 
 
-class _Body(BaseModel):
+class AdminBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EnrollmentTokenCreate(_Body):
-    entity_id: Identifier
-    orchestrator_id: Identifier
-    ttl_seconds: int = Field(3600, ge=60, le=86_400)
-
-
-class PreregisteredKeyCreate(_Body):
-    entity_id: Identifier
-    orchestrator_id: Identifier
-    public_key: str = Field(min_length=1, max_length=4096)
-
-
-class CommandCreate(_Body):
-    type: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")
-    params: dict[str, Any] = Field(default_factory=dict, max_length=100)
-    ttl_seconds: int = Field(86_400, ge=60, le=7 * 86_400)
-
-
-async def _audit(
+async def audit_action(
     ctx: ServerContext, who: AdminPrincipal, action: str, entity_id: str | None, **details: Any
 ) -> None:
     await ctx.store.audit(
@@ -75,25 +50,9 @@ async def _audit(
     )
 
 
-def _not_found(exc: NotFoundError) -> ApiError:
+def not_found(exc: NotFoundError) -> ApiError:
     code = ErrorCode.ENTITY_NOT_FOUND if exc.kind == "entity" else ErrorCode.NOT_FOUND
     return ApiError(code, str(exc))
-
-
-def _orchestrator(o: Orchestrator) -> dict[str, Any]:
-    return {
-        "entity_id": o.entity_id,
-        "orchestrator_id": o.orchestrator_id,
-        "status": o.status.value,
-        "key_id": o.key_id,
-        "version": o.version,
-        "capabilities": list(o.capabilities),
-        "local_address": o.local_address,
-        "heartbeat_interval": o.heartbeat_interval,
-        "created_at": rfc3339(o.created_at),
-        "updated_at": rfc3339(o.updated_at),
-        "last_heartbeat_at": rfc3339(o.last_heartbeat_at) if o.last_heartbeat_at else None,
-    }
 
 
 def _write_summary(result: WriteResult) -> dict[str, Any]:
@@ -119,7 +78,7 @@ async def create_entity(request: Request, ctx: Ctx, who: Admin) -> dict[str, Any
         await ctx.store.create_entity(entity.document(), ctx.clock())
     except ConflictError as exc:
         raise ApiError(ErrorCode.CONFLICT, str(exc)) from None
-    await _audit(ctx, who, "entity.create", entity.id)
+    await audit_action(ctx, who, "entity.create", entity.id)
     return entity.document()
 
 
@@ -129,7 +88,7 @@ async def get_entity(entity_id: IdPath, ctx: Ctx, who: Admin) -> dict[str, Any]:
         state = await ctx.store.entity_state(entity_id)
         document = await ctx.store.get_entity(entity_id)
     except NotFoundError as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
     return {
         "entity": document,
         "seq": state.head,
@@ -149,8 +108,8 @@ async def update_entity(
     try:
         await ctx.store.update_entity(entity.document(), ctx.clock())
     except NotFoundError as exc:
-        raise _not_found(exc) from None
-    await _audit(ctx, who, "entity.update", entity_id)
+        raise not_found(exc) from None
+    await audit_action(ctx, who, "entity.update", entity_id)
     return entity.document()
 
 
@@ -167,10 +126,12 @@ async def _write(
     try:
         result = await ctx.store.write_documents(entity_id, writes, ctx.clock())
     except NotFoundError as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
     except ConflictError as exc:
         raise ApiError(ErrorCode.CONFLICT, str(exc)) from None
-    await _audit(ctx, who, action, entity_id, documents=len(writes), changes=len(result.changes))
+    await audit_action(
+        ctx, who, action, entity_id, documents=len(writes), changes=len(result.changes)
+    )
     return result
 
 
@@ -246,12 +207,12 @@ async def _emit(ctx: ServerContext, entity_id: str, event_type: str, data: dict[
     try:
         await ctx.store.get_entity(entity_id)
     except NotFoundError as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
     event = await ctx.store.append_event(entity_id, event_type, data, ctx.clock())
     return event.seq
 
 
-class _TaskInput(_Body):
+class _TaskInput(AdminBody):
     task_id: Identifier | None = None
     type: str = Field(min_length=1, max_length=64)
     priority: str = "normal"
@@ -260,7 +221,7 @@ class _TaskInput(_Body):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
 
 
-class _ConfigInput(_Body):
+class _ConfigInput(AdminBody):
     type: str = Field(min_length=1, max_length=64)
     config: dict[str, Any] = Field(max_length=256)
 
@@ -281,7 +242,7 @@ async def create_task(entity_id: IdPath, request: Request, ctx: Ctx, who: Admin)
     seq = await _emit(
         ctx, entity_id, "task_create", event.model_dump(mode="json", exclude_none=True)
     )
-    await _audit(ctx, who, "task.create", entity_id, task_id=event.task_id)
+    await audit_action(ctx, who, "task.create", entity_id, task_id=event.task_id)
     return {"task_id": event.task_id, "seq": seq}
 
 
@@ -300,7 +261,7 @@ async def push_config(entity_id: IdPath, request: Request, ctx: Ctx, who: Admin)
     except ValidationError as exc:
         raise ApiError(ErrorCode.VALIDATION_ERROR, str(exc.errors()[0]["msg"])) from None
     seq = await _emit(ctx, entity_id, "config_update", event.model_dump(mode="json"))
-    await _audit(ctx, who, "config.push", entity_id, type=body.type)
+    await audit_action(ctx, who, "config.push", entity_id, type=body.type)
     return {"seq": seq}
 
 
@@ -319,7 +280,7 @@ async def list_documents(
             entity_id, collection, after_id=after, limit=limit
         )
     except NotFoundError as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
     next_after = documents[-1]["id"] if len(documents) == limit else None
     return {"documents": documents, "next_after": next_after}
 
@@ -347,7 +308,7 @@ async def get_document(
     try:
         return await ctx.store.get_document(entity_id, collection, doc_id)
     except NotFoundError as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
 
 
 @router.put("/entities/{entity_id}/{collection}/{doc_id}", openapi_extra=ANY_DOCUMENT)
@@ -381,219 +342,6 @@ async def delete_document(
         ctx, who, entity_id, [DocumentWrite(collection, "delete", doc_id)], f"{collection}.delete"
     )
     return _write_summary(result)
-
-
-# -- gateways ---------------------------------------------------------------------------------
-
-
-@router.post("/enrollment-tokens", status_code=201, openapi_extra=json_body(EnrollmentTokenCreate))
-async def create_enrollment_token(request: Request, ctx: Ctx, who: Admin) -> dict[str, Any]:
-    body, _ = await read_json(request, EnrollmentTokenCreate)
-    try:
-        await ctx.store.get_entity(body.entity_id)
-    except NotFoundError as exc:
-        raise _not_found(exc) from None
-    secret = ENROLLMENT_TOKEN_PREFIX + secrets.token_urlsafe(24)
-    now = ctx.clock()
-    expires = now + timedelta(
-        seconds=min(body.ttl_seconds, ctx.settings.enrollment_token_max_ttl_seconds)
-    )
-    await ctx.store.create_enrollment_token(
-        EnrollmentToken(
-            token_hash=hash_secret(secret),
-            entity_id=body.entity_id,
-            orchestrator_id=body.orchestrator_id,
-            created_at=now,
-            expires_at=expires,
-            created_by=who.name,
-        )
-    )
-    await _audit(
-        ctx, who, "enrollment_token.create", body.entity_id, orchestrator_id=body.orchestrator_id
-    )
-    # The secret is shown once; only its hash is stored.
-    return {
-        "token": secret,
-        "entity_id": body.entity_id,
-        "orchestrator_id": body.orchestrator_id,
-        "expires_at": rfc3339(expires),
-    }
-
-
-@router.get("/enrollment-tokens")
-async def list_enrollment_tokens(
-    ctx: Ctx, who: Admin, entity_id: Annotated[str | None, Query(max_length=64)] = None
-) -> dict[str, Any]:
-    tokens = await ctx.store.list_enrollment_tokens(entity_id)
-    return {
-        "tokens": [
-            {
-                "entity_id": t.entity_id,
-                "orchestrator_id": t.orchestrator_id,
-                "created_at": rfc3339(t.created_at),
-                "expires_at": rfc3339(t.expires_at),
-                "created_by": t.created_by,
-                "used_at": rfc3339(t.used_at) if t.used_at else None,
-            }
-            for t in tokens
-        ]
-    }
-
-
-@router.post(
-    "/preregistered-keys", status_code=201, openapi_extra=json_body(PreregisteredKeyCreate)
-)
-async def preregister_key(request: Request, ctx: Ctx, who: Admin) -> dict[str, Any]:
-    body, _ = await read_json(request, PreregisteredKeyCreate)
-    try:
-        public = keys.load_public_key(body.public_key)
-        await ctx.store.get_entity(body.entity_id)
-    except KeyFormatError as exc:
-        raise ApiError(ErrorCode.VALIDATION_ERROR, f"public_key: {exc}") from None
-    except NotFoundError as exc:
-        raise _not_found(exc) from None
-    record = PreregisteredKey(
-        entity_id=body.entity_id,
-        orchestrator_id=body.orchestrator_id,
-        public_key_pem=keys.public_key_to_pem(public),
-        key_id=keys.key_id(public),
-        created_at=ctx.clock(),
-        created_by=who.name,
-    )
-    try:
-        await ctx.store.preregister_key(record)
-    except ConflictError as exc:
-        raise ApiError(ErrorCode.CONFLICT, str(exc)) from None
-    await _audit(
-        ctx,
-        who,
-        "key.preregister",
-        body.entity_id,
-        orchestrator_id=body.orchestrator_id,
-        key_id=record.key_id,
-    )
-    return {
-        "entity_id": body.entity_id,
-        "orchestrator_id": body.orchestrator_id,
-        "key_id": record.key_id,
-        "fingerprint": keys.fingerprint(public),
-    }
-
-
-@router.get("/orchestrators")
-async def list_orchestrators(
-    ctx: Ctx, who: Admin, entity_id: Annotated[str | None, Query(max_length=64)] = None
-) -> dict[str, Any]:
-    return {
-        "orchestrators": [_orchestrator(o) for o in await ctx.store.list_orchestrators(entity_id)]
-    }
-
-
-@router.get("/orchestrators/{entity_id}/{orchestrator_id}")
-async def get_orchestrator(
-    entity_id: IdPath, orchestrator_id: IdPath, ctx: Ctx, who: Admin
-) -> dict[str, Any]:
-    try:
-        orchestrator = await ctx.store.get_orchestrator(entity_id, orchestrator_id)
-    except NotFoundError as exc:
-        raise _not_found(exc) from None
-    beats = await ctx.store.list_heartbeats(entity_id, orchestrator_id, limit=1)
-    now = ctx.clock()
-    online = bool(
-        orchestrator.last_heartbeat_at
-        and now - orchestrator.last_heartbeat_at
-        <= timedelta(seconds=3 * orchestrator.heartbeat_interval)
-    )
-    return {
-        **_orchestrator(orchestrator),
-        "online": online,
-        "last_heartbeat": beats[0].body if beats else None,
-    }
-
-
-async def _transition(
-    ctx: ServerContext, who: AdminPrincipal, entity_id: str, orchestrator_id: str, action: str
-) -> dict[str, Any]:
-    operation = {
-        "approve": ctx.store.approve,
-        "disable": ctx.store.disable,
-        "enable": ctx.store.enable,
-    }[action]
-    try:
-        orchestrator = await operation(entity_id, orchestrator_id, ctx.clock())
-    except NotFoundError as exc:
-        raise _not_found(exc) from None
-    except ConflictError as exc:
-        raise ApiError(ErrorCode.CONFLICT, str(exc)) from None
-    await _audit(ctx, who, f"orchestrator.{action}", entity_id, orchestrator_id=orchestrator_id)
-    return _orchestrator(orchestrator)
-
-
-@router.post("/orchestrators/{entity_id}/{orchestrator_id}/approve")
-async def approve(
-    entity_id: IdPath, orchestrator_id: IdPath, ctx: Ctx, who: Admin
-) -> dict[str, Any]:
-    return await _transition(ctx, who, entity_id, orchestrator_id, "approve")
-
-
-@router.post("/orchestrators/{entity_id}/{orchestrator_id}/disable")
-async def disable(
-    entity_id: IdPath, orchestrator_id: IdPath, ctx: Ctx, who: Admin
-) -> dict[str, Any]:
-    return await _transition(ctx, who, entity_id, orchestrator_id, "disable")
-
-
-@router.post("/orchestrators/{entity_id}/{orchestrator_id}/enable")
-async def enable(
-    entity_id: IdPath, orchestrator_id: IdPath, ctx: Ctx, who: Admin
-) -> dict[str, Any]:
-    return await _transition(ctx, who, entity_id, orchestrator_id, "enable")
-
-
-@router.get("/orchestrators/{entity_id}/{orchestrator_id}/heartbeats")
-async def heartbeats(
-    entity_id: IdPath,
-    orchestrator_id: IdPath,
-    ctx: Ctx,
-    who: Admin,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
-    beats = await ctx.store.list_heartbeats(entity_id, orchestrator_id, limit)
-    return {"heartbeats": [{"received_at": rfc3339(b.received_at), **b.body} for b in beats]}
-
-
-@router.post(
-    "/orchestrators/{entity_id}/{orchestrator_id}/commands",
-    status_code=201,
-    openapi_extra=json_body(CommandCreate),
-)
-async def enqueue_command(
-    entity_id: IdPath, orchestrator_id: IdPath, request: Request, ctx: Ctx, who: Admin
-) -> dict[str, Any]:
-    body, _ = await read_json(request, CommandCreate)
-    try:
-        await ctx.store.get_orchestrator(entity_id, orchestrator_id)
-    except NotFoundError as exc:
-        raise _not_found(exc) from None
-    now = ctx.clock()
-    command = Command(
-        entity_id=entity_id,
-        orchestrator_id=orchestrator_id,
-        command_id=f"cmd-{secrets.token_hex(8)}",
-        type=body.type,
-        params=body.params,
-        created_at=now,
-        expires_at=now + timedelta(seconds=body.ttl_seconds),
-    )
-    await ctx.store.enqueue_command(command)
-    await _audit(
-        ctx, who, "command.enqueue", entity_id, orchestrator_id=orchestrator_id, type=body.type
-    )
-    return {
-        "id": command.command_id,
-        "type": command.type,
-        "expires_at": rfc3339(command.expires_at),
-    }
 
 
 @router.get("/audit")
