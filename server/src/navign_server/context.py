@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import Request
 
@@ -13,7 +14,7 @@ from navign_server.events.hub import EventHub
 from navign_server.metrics import Metrics
 from navign_server.ratelimit import Rate, RateLimiter
 from navign_server.settings import ServerSettings
-from navign_server.storage.base import Store
+from navign_server.storage.base import AuditRecord, Store
 
 
 def utc_now() -> datetime:
@@ -39,6 +40,27 @@ class ServerContext:
     limits: RateLimits = field(default_factory=RateLimits)
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], datetime] = utc_now
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        *,
+        outcome: str = "ok",
+        entity_id: str | None = None,
+        **details: Any,
+    ) -> None:
+        """Append to the audit log, stamped with the server's clock."""
+        await self.store.audit(
+            AuditRecord(
+                at=self.clock(),
+                actor=actor,
+                action=action,
+                outcome=outcome,
+                entity_id=entity_id,
+                details=details,
+            )
+        )
 
 
 def context(request: Request) -> ServerContext:

@@ -18,7 +18,6 @@ from navign_server.auth.principals import Admin, AdminPrincipal, Ctx
 from navign_server.context import ServerContext
 from navign_server.errors import ApiError
 from navign_server.storage.base import (
-    AuditRecord,
     ConflictError,
     DocumentWrite,
     NotFoundError,
@@ -38,16 +37,7 @@ class AdminBody(BaseModel):
 async def audit_action(
     ctx: ServerContext, who: AdminPrincipal, action: str, entity_id: str | None, **details: Any
 ) -> None:
-    await ctx.store.audit(
-        AuditRecord(
-            at=ctx.clock(),
-            actor=who.actor,
-            action=action,
-            outcome="ok",
-            entity_id=entity_id,
-            details=details,
-        )
-    )
+    await ctx.audit(who.actor, action, entity_id=entity_id, **details)
 
 
 def not_found(exc: NotFoundError) -> ApiError:

@@ -46,7 +46,6 @@ from navign_server.releases import (
     release_id,
 )
 from navign_server.storage.base import (
-    AuditRecord,
     ConflictError,
     NotFoundError,
     Release,
@@ -93,16 +92,7 @@ async def _audit(
     entity_id: str | None = None,
     **details: Any,
 ) -> None:
-    await ctx.store.audit(
-        AuditRecord(
-            at=ctx.clock(),
-            actor=who.actor,
-            action=action,
-            outcome=outcome,
-            entity_id=entity_id,
-            details=details,
-        )
-    )
+    await ctx.audit(who.actor, action, outcome=outcome, entity_id=entity_id, **details)
 
 
 def _release_json(release: Release) -> dict[str, Any]:

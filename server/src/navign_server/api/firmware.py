@@ -22,7 +22,7 @@ from navign_server.blobs import READ_CHUNK, BlobNotFoundError
 from navign_server.context import ServerContext
 from navign_server.errors import ApiError
 from navign_server.releases import FirmwareHosting, firmware_info, is_downloadable, newest
-from navign_server.storage.base import AuditRecord, NotFoundError, Release, ReleaseStatus
+from navign_server.storage.base import NotFoundError, Release, ReleaseStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/firmware", tags=["firmware"])
@@ -187,15 +187,12 @@ async def download(
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     if first == 0:  # a download starts here; resumed pieces of it are not audited again
-        await ctx.store.audit(
-            AuditRecord(
-                at=ctx.clock(),
-                actor=principal.actor,
-                action="firmware.download",
-                outcome="ok",
-                entity_id=principal.entity_id,
-                details={"release_id": firmware_id, "range": requested if honour else None},
-            )
+        await ctx.audit(
+            principal.actor,
+            "firmware.download",
+            entity_id=principal.entity_id,
+            release_id=firmware_id,
+            range=requested if honour else None,
         )
     return StreamingResponse(
         firmware.blobs.read(sha256, first, first + length, READ_CHUNK),

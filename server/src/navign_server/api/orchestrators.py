@@ -27,7 +27,6 @@ from navign_server.context import ServerContext, client_address
 from navign_server.errors import ApiError
 from navign_server.ratelimit import retry_after_header
 from navign_server.storage.base import (
-    AuditRecord,
     ConflictError,
     Heartbeat,
     NotFoundError,
@@ -49,16 +48,7 @@ async def _audit(
     entity_id: str | None,
     **details: object,
 ) -> None:
-    await ctx.store.audit(
-        AuditRecord(
-            at=ctx.clock(),
-            actor=actor,
-            action=action,
-            outcome=outcome,
-            entity_id=entity_id,
-            details=dict(details),
-        )
-    )
+    await ctx.audit(actor, action, outcome=outcome, entity_id=entity_id, **details)
 
 
 def _limit(ctx: ServerContext, limiter_name: str, key: str) -> None:
