@@ -18,7 +18,7 @@ from navign_proto import keys
 from navign_proto.canonical import canonical_json
 from navign_proto.mall import MallData
 from navign_proto.signing import sign_request
-from navign_server.app import create_app
+from navign_server.app import Server, create_app
 from navign_server.auth.principals import hash_secret, new_admin_token
 from navign_server.context import ServerContext
 from navign_server.settings import ServerSettings
@@ -76,7 +76,7 @@ class run_server:  # noqa: N801 - used as a context manager, reads like a functi
             lifespan="on",
             timeout_graceful_shutdown=5,
         )
-        self.uvicorn = uvicorn.Server(config)
+        self.uvicorn = Server(config, self.app)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RunningServer:

@@ -135,11 +135,21 @@ async def test_expired_last_event_id_gets_resync_required(streaming: Any) -> Non
     assert future[0].event == "resync_required"
 
 
-async def test_bad_last_event_id_and_missing_entity_header(streaming: Any) -> None:
+async def test_unparseable_last_event_id_gets_resync_required(streaming: Any) -> None:
+    # Not an error (protocol §4.3): a gateway that stored garbage would otherwise retry forever.
+    _, gateway = streaming
+    events = await collect(gateway, 1, last_event_id="abc")
+    assert events[0].event == "resync_required"
+    assert events[0].json()["reason"].startswith("last_event_id_unknown")
+
+
+async def test_refusals_are_the_error_envelope(streaming: Any) -> None:
     _, gateway = streaming
     async with gateway.client() as client:
-        response = await client.get("/api/orchestrators/events", headers={"Last-Event-ID": "abc"})
-        assert_error(response, 422, "VALIDATION_ERROR")
+        assert (await client.head("/api/orchestrators/events")).status_code == 405
+        assert_error(await client.post("/api/orchestrators/events"), 405, "METHOD_NOT_ALLOWED")
+        wrong = await client.get("/api/orchestrators/events", headers={"X-Entity-ID": "mall-b"})
+        assert_error(wrong, 403, "AUTH_FORBIDDEN")
         del client.headers["X-Entity-ID"]
         assert_error(await client.get("/api/orchestrators/events"), 422, "VALIDATION_ERROR")
     async with httpx.AsyncClient(base_url=gateway.server.base_url) as anonymous:
@@ -174,3 +184,69 @@ async def test_stream_for_a_disabled_gateway_is_refused(streaming: Any) -> None:
         await admin.post(f"/api/admin/orchestrators/{ENTITY}/gw-1/disable")
     async with gateway.client() as client:
         assert_error(await client.get("/api/orchestrators/events"), 403, "ORCHESTRATOR_DISABLED")
+
+
+async def wait_until(predicate: Any) -> None:
+    """Poll the server's state (it has no event to wait on for this), within READ_TIMEOUT."""
+    for _ in range(int(READ_TIMEOUT / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_disabling_a_gateway_ends_its_open_stream(streaming: Any) -> None:
+    server, gateway = streaming
+    async with (
+        gateway.client() as client,
+        aconnect_sse(client, "GET", "/api/orchestrators/events") as source,
+    ):
+        assert source.response.status_code == 200
+        await wait_until(lambda: server.ctx.hub.subscriber_count == 1)
+        async with server.admin() as admin:
+            response = await admin.post(f"/api/admin/orchestrators/{ENTITY}/gw-1/disable")
+            assert response.status_code == 200, response.text
+        async with asyncio.timeout(READ_TIMEOUT):
+            async for _ in source.aiter_sse():  # ends: the server closed the stream
+                pass
+    assert server.ctx.hub.subscriber_count == 0
+
+
+async def test_a_client_disconnect_releases_the_subscription(streaming: Any) -> None:
+    server, gateway = streaming
+    async with (
+        gateway.client() as client,
+        aconnect_sse(client, "GET", "/api/orchestrators/events") as source,
+    ):
+        assert source.response.status_code == 200
+        await wait_until(lambda: server.ctx.hub.subscriber_count == 1)
+    await wait_until(lambda: server.ctx.hub.subscriber_count == 0)
+    connections = server.ctx.metrics.sse_connections._value.get()
+    assert connections == 0
+
+
+async def test_shutdown_ends_open_streams_at_once(tmp_path: Path) -> None:
+    runner = run_server(server_settings(tmp_path), tmp_path)
+    server = await runner.__aenter__()
+    await import_sample_mall(server)
+    gateway = await enrolled_gateway(server)
+    stopped = False
+    try:
+        async with (
+            gateway.client() as client,
+            aconnect_sse(client, "GET", "/api/orchestrators/events") as source,
+        ):
+            await wait_until(lambda: server.ctx.hub.subscriber_count == 1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            stopping = asyncio.create_task(runner.__aexit__(None, None, None))
+            async with asyncio.timeout(READ_TIMEOUT):
+                async for _ in source.aiter_sse():
+                    pass
+            await stopping
+            stopped = True
+            # Well inside the 5 s graceful-shutdown timeout that would otherwise cut it.
+            assert loop.time() - started < 4.0
+    finally:
+        if not stopped:
+            await runner.__aexit__(None, None, None)

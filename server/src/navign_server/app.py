@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from navign_proto.manifest import MAX_ARTIFACT_BYTES
 from navign_proto.wire import ErrorEnvelope
@@ -114,6 +116,23 @@ def _shown_url(url: str) -> str:
     return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
+class NavignApp(FastAPI):
+    """The FastAPI app, with the gateways' event stream served ahead of the middleware stack.
+
+    An event stream lives for an hour or more; every frame the middleware stack keeps for a
+    response's life is multiplied by every connected gateway (api/events.py says how much).
+    """
+
+    _event_stream = events.EventStreamEndpoint()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == events.PATH:
+            scope["app"] = self
+            await self._event_stream(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: ServerSettings,
     store: Store | None = None,
@@ -142,7 +161,7 @@ def create_app(
                 clock=clock,
             )
             await tokens.start()
-            hub = EventHub(backend, clock=clock)
+            hub = EventHub(backend, clock=clock, ping_seconds=settings.sse_ping_seconds)
             await hub.start()
             opened.push_async_callback(hub.close)
             ctx = ServerContext(
@@ -161,7 +180,7 @@ def create_app(
             yield
         log.info("navign-server stopped cleanly")
 
-    app = FastAPI(
+    app = NavignApp(
         title="Navign central server",
         version=__version__,
         lifespan=lifespan,
@@ -177,7 +196,6 @@ def create_app(
     for router in (
         orchestrators.router,
         sync.router,
-        events.router,
         firmware.router,
         admin_releases.router,
         reports.router,  # before admin: /entities/{id}/{collection} would catch its paths
@@ -194,6 +212,14 @@ def create_app(
             return MAX_ARTIFACT_BYTES  # the release's own size is enforced by the handler
         return settings.max_body_bytes
 
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema["paths"][events.PATH] = events.OPENAPI_PATH_ITEM
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RequestContextMiddleware, limit_for=body_limit)
     if settings.cors_origins:
         app.add_middleware(
@@ -203,3 +229,28 @@ def create_app(
             allow_headers=["*"],
         )
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which tells the event hub the moment shutdown begins.
+
+    uvicorn waits for open responses to finish before it runs the lifespan shutdown, and event
+    streams never finish by themselves: without this they would be cut only by
+    ``timeout_graceful_shutdown``. Setting ``should_exit`` (a signal, or a test) ends every
+    stream at once; the gateways reconnect to another instance or after the restart.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        self._navign_app = app
+        super().__init__(config)
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        ctx = getattr(self._navign_app.state, "ctx", None)
+        if value and isinstance(ctx, ServerContext):
+            ctx.hub.begin_shutdown()

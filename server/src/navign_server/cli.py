@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from navign_server import logs
-    from navign_server.app import create_app
+    from navign_server.app import Server, create_app
 
     settings = load_settings(host=args.host, port=args.port, database_url=args.db)
     logs.configure(settings.log_level, args.log_format)
@@ -68,8 +68,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("navign-server: --tls-cert and --tls-key go together", file=sys.stderr)
             return EXIT_CONFIG
         tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -79,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         **tls,
     )
+    Server(config, app).run()
     return 0
 
 

@@ -71,6 +71,11 @@ class ApiError(Exception):
         return HTTP_STATUS[self.code]
 
 
+def request_id_for(given: str | None) -> str:
+    """The request id: the client's ``X-Request-ID`` when it is well-formed, else a new one."""
+    return given if given and _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(12)
+
+
 def request_id_of(request: Request) -> str:
     value = getattr(request.state, "request_id", None)
     return value if isinstance(value, str) else "unknown"
@@ -155,6 +160,19 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
+def _request_id_and_length(scope: Scope) -> tuple[str | None, str | None]:
+    """``X-Request-ID`` and ``Content-Length`` from the raw headers (no dict of them all: the
+    middleware's frame lives as long as the response, an hour for an event stream)."""
+    given = length = None
+    for key, value in scope["headers"]:
+        name = key.lower()
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+        elif name == b"content-length":
+            length = value.decode("latin-1")
+    return given, length
+
+
 class RequestContextMiddleware:
     """Pure ASGI middleware: assigns the request id and enforces the body size limit.
 
@@ -171,9 +189,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get(REQUEST_ID_HEADER.lower(), "")
-        request_id = given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(12)
+        given, length = _request_id_and_length(scope)
+        request_id = request_id_for(given)
         scope.setdefault("state", {})["request_id"] = request_id
         limit = self.limit_for(scope.get("path", ""))
 
@@ -185,7 +202,6 @@ class RequestContextMiddleware:
             )
             await response(scope, receive, send)
 
-        length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 response = error_response(

@@ -210,6 +210,8 @@ async def _transition(
         raise not_found(exc) from None
     except ConflictError as exc:
         raise ApiError(ErrorCode.CONFLICT, str(exc)) from None
+    if action == "disable":  # its tokens are refused from now on; its open streams end now
+        ctx.hub.end_orchestrator(entity_id, orchestrator_id, "gateway disabled")
     await audit_action(
         ctx, who, f"orchestrator.{action}", entity_id, orchestrator_id=orchestrator_id
     )
