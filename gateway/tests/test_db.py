@@ -52,11 +52,15 @@ async def test_transactions_roll_back_on_error_and_state_commits_with_rows(
 ) -> None:
     async with Database(tmp_path / "gw.sqlite3") as db:
         await db.migrate("widgets", WIDGETS)
-        with pytest.raises(RuntimeError):
+
+        async def crash_before_commit() -> None:
             async with db.transaction() as conn:
                 await conn.execute("INSERT INTO widgets (id, size) VALUES ('a', 1)")
                 await db.set_state_in(conn, "cursor", "7")
                 raise RuntimeError("crash before commit")
+
+        with pytest.raises(RuntimeError):
+            await crash_before_commit()
         assert await db.get_state("cursor") is None
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO widgets (id, size) VALUES ('a', 1)")

@@ -105,10 +105,11 @@ class Upstream:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
+        limits: aiohttp.ClientTimeout | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The server's response (any status) to an authenticated request; refreshes an expired
-        token and repeats the request once. Connection failures raise UpstreamError(0, ...)."""
+        token and repeats the request once. Connection failures raise UpstreamError(0, ...).
+        ``limits``: aiohttp's timeouts (default: 60 s in all, 10 s to connect)."""
         url = self.base_url + path
         token = await self.tokens.token()
         for attempt in range(2):
@@ -119,7 +120,7 @@ class Upstream:
                     params=params,
                     json=json_body,
                     headers=self._headers(token, headers),
-                    timeout=timeout or aiohttp.ClientTimeout(total=60, sock_connect=10),
+                    timeout=limits or aiohttp.ClientTimeout(total=60, sock_connect=10),
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise UpstreamError(
