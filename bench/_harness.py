@@ -10,18 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import json
 import math
 import os
 import platform
 import resource
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -33,6 +29,7 @@ import aiohttp
 from navign_proto import keys
 from navign_proto.canonical import canonical_json
 from navign_proto.signing import sign_request
+from navign_server.testing import ServerProcess
 
 ENTITY = "mall-bench"
 REGISTER_PATH = "/api/orchestrators/register"
@@ -61,13 +58,6 @@ def source_address(index: int) -> str:
     return f"127.0.{index // 250}.{2 + index % 250}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # -- the server process ------------------------------------------------------------------------
 
 
@@ -84,97 +74,43 @@ class Server:
 
     def rss_kib(self) -> int:
         """Resident memory of the server process (VmRSS), KiB."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        return rss_kib(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time of the server process so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
 
-def _server_env(workdir: Path, port: int, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NAVIGN_SERVER_")}
-    env.update(
-        NAVIGN_SERVER_ENVIRONMENT="development",
-        NAVIGN_SERVER_LOG_LEVEL="warning",
-        NAVIGN_SERVER_DATA_DIR=str(workdir / "data"),
-        NAVIGN_SERVER_PUBLIC_URL=f"http://127.0.0.1:{port}",
-        **extra,
-    )
-    return env
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
 
 
-def create_admin_token(db_url: str, env: dict[str, str], cwd: Path) -> str:
-    command = [sys.executable, "-m", "navign_server.cli", "create-admin-token", "--db", db_url]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=60, check=True, env=env, cwd=cwd
-    )
-    return done.stdout.strip().splitlines()[-1]
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
 def running_server(workdir: Path, **environment: str) -> Iterator[Server]:
-    """``navign-server serve`` on 127.0.0.1 with SQLite in ``workdir``, an admin token made
-    with ``create-admin-token``; stopped (SIGTERM, then SIGKILL) on exit. ``environment``
-    adds variables to the server's environment (NAVIGN_SERVER_* settings and the like)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = _server_env(workdir, port, environment)
-    db_url = f"sqlite:///{workdir / 'navign.db'}"
-    token = create_admin_token(db_url, env, workdir)
-    command = [sys.executable, "-m", "navign_server.cli", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--db", db_url, "--log-format", "json"]
-    with (workdir / "server.log").open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=workdir,
-            preexec_fn=raise_nofile,  # only setrlimit between fork and exec
-        )
-    server = Server(process, port, token, workdir)
+    """``navign-server serve`` on 127.0.0.1 with SQLite in ``workdir`` (navign_server.testing's
+    ServerProcess, with the open-files limit raised); stopped (SIGTERM, then SIGKILL) on exit.
+    ``environment`` adds variables to the server's environment (NAVIGN_SERVER_* settings)."""
+    process = ServerProcess(
+        workdir,
+        environment=environment,
+        preexec_fn=raise_nofile,
+    )
+    process.start(STARTUP_TIMEOUT)
+    assert process.process is not None
     try:
-        _wait_healthy(server)
-        yield server
+        yield Server(process.process, process.port, process.admin_token, workdir)
     finally:
-        stop_server(server)
-
-
-def _healthz(port: int) -> int:
-    """The status of GET /healthz, or 0 when nothing answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status
-    except OSError:
-        return 0
-    finally:
-        conn.close()
-
-
-def _wait_healthy(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited; see {server.workdir / 'server.log'}")
-        if _healthz(server.port) == 200:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"no healthy server after {STARTUP_TIMEOUT:g} s")
-
-
-def stop_server(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=STOP_TIMEOUT)
+        process.stop(STOP_TIMEOUT)
 
 
 # -- admin API ---------------------------------------------------------------------------------

@@ -5,7 +5,15 @@ protocol says. Test support only: it needs the workspace's dev dependencies (htt
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,9 @@ from navign_server.storage.base import AdminToken
 
 EXAMPLE_MALL = Path(__file__).resolve().parents[3] / "proto" / "examples" / "sample-mall.json"
 STARTUP_TIMEOUT = 20.0
+#: Seconds a server process gets to answer /healthz, and to stop after SIGTERM (then SIGKILL).
+PROCESS_START_TIMEOUT = 60.0
+PROCESS_STOP_TIMEOUT = 20.0
 
 
 @dataclass
@@ -203,3 +214,127 @@ async def enrolled_gateway(
     response = await gateway.register(await enrollment_token(server, entity_id, orchestrator_id))
     assert response.status_code == 200, response.text
     return gateway
+
+
+# -- the server as its own process -------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """``navign-server serve`` as a child process on 127.0.0.1, SQLite in ``workdir``.
+
+    Restartable on the same port and database (:meth:`start` after :meth:`stop` or
+    :meth:`kill`), which end-to-end tests use to cut a gateway's uplink. The admin token is made
+    once with ``navign-server create-admin-token``. ``environment`` adds variables
+    (``NAVIGN_SERVER_*`` settings) to the server's environment.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        environment: Mapping[str, str] | None = None,
+        port: int | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+        log_format: str = "json",
+    ) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.db_url = f"sqlite:///{workdir / 'navign.db'}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NAVIGN_SERVER_")}
+        self.env.update(
+            NAVIGN_SERVER_ENVIRONMENT="development",
+            NAVIGN_SERVER_LOG_LEVEL="warning",
+            NAVIGN_SERVER_DATA_DIR=str(workdir / "data"),
+            NAVIGN_SERVER_PUBLIC_URL=f"http://127.0.0.1:{self.port}",
+        )
+        self.env.update(environment or {})
+        self.preexec_fn = preexec_fn
+        self.log_format = log_format
+        self.process: subprocess.Popen[bytes] | None = None
+        self.admin_token = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def create_admin_token(self) -> str:
+        command = [sys.executable, "-m", "navign_server.cli", "create-admin-token"]
+        done = subprocess.run(
+            [*command, "--db", self.db_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env=self.env,
+            cwd=self.workdir,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
+    def start(self, timeout: float = PROCESS_START_TIMEOUT) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.admin_token:
+            self.admin_token = self.create_admin_token()
+        command = [sys.executable, "-m", "navign_server.cli", "serve", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--db", self.db_url, "--log-format", self.log_format]
+        with (self.workdir / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.workdir,
+                preexec_fn=self.preexec_fn,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.workdir / 'server.log'}")
+            if self.healthz() == 200:
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"no healthy server after {timeout:g} s")
+
+    def healthz(self) -> int:
+        """The status of GET /healthz, or 0 when nothing answers."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status
+        except OSError:
+            return 0
+        finally:
+            conn.close()
+
+    def stop(self, timeout: float = PROCESS_STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, or a power cut of the server's machine."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=PROCESS_STOP_TIMEOUT)
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
