@@ -95,3 +95,25 @@ def test_gateway_never_depends_on_fastapi_or_pymongo() -> None:
         todo.extend(d["name"] for d in package.get("dependencies", []))
     assert "aiosqlite" in seen  # the walk really followed the gateway's dependencies
     assert not seen & {"fastapi", "pymongo", "starlette", "uvicorn", "motor"}
+
+
+def test_release_keys_inline_hex_or_pem_file(tmp_path: Path) -> None:
+    from navign_proto import keys
+
+    key = keys.generate_private_key().public_key()
+    pem_file = tmp_path / "release.pub.pem"
+    pem_file.write_text(keys.public_key_to_pem(key))
+    point = keys.public_key_to_point(key).hex()
+    text = MINIMAL + f'\n[firmware]\nrelease_public_keys = ["{point}", "{pem_file}"]\n'
+    config = load_config(write(tmp_path, text), env={})
+    assert [keys.key_id(k) for k in config.firmware.release_keys()] == [keys.key_id(key)] * 2
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [("/no/such/key.pem", "cannot read the key file"), ("04" + "00" * 64, "not a P-256")],
+)
+def test_a_bad_release_key_is_a_config_error(tmp_path: Path, entry: str, message: str) -> None:
+    text = MINIMAL + f'\n[firmware]\nrelease_public_keys = ["{entry}"]\n'
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})

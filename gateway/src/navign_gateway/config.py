@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from navign_proto import keys
+from navign_proto.errors import KeyFormatError
 
 DEFAULT_PATH = Path("/etc/navign/gateway.toml")
 ENV_PREFIX = "NAVIGN_GATEWAY_"
@@ -61,6 +65,32 @@ class FirmwareConfig(_Table):
     cache_budget_mb: int = Field(512, ge=16, le=64 * 1024)
     #: Release public keys (PEM files or 130-hex-digit points) that signed releases must match.
     release_public_keys: list[str] = Field(default_factory=list, max_length=8)
+
+    @field_validator("release_public_keys")
+    @classmethod
+    def _keys_load(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _load_release_key(value)
+        return values
+
+    def release_keys(self) -> list[ec.EllipticCurvePublicKey]:
+        """The keys themselves (validated when the configuration was loaded)."""
+        return [_load_release_key(value) for value in self.release_public_keys]
+
+
+def _load_release_key(value: str) -> ec.EllipticCurvePublicKey:
+    """A key given inline (PEM text or the 130-hex-digit point) or as a PEM file's path."""
+    text = value.strip()
+    try:
+        if text.startswith("-----BEGIN") or re.fullmatch(r"[0-9a-fA-F]{130}", text):
+            return keys.load_public_key(text)
+        try:
+            data = Path(text).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{text}: cannot read the key file: {exc.strerror or exc}") from None
+        return keys.load_public_key(data)
+    except KeyFormatError as exc:
+        raise ValueError(f"{text[:40]}: {exc}") from None
 
 
 class BleConfig(_Table):
