@@ -1,4 +1,4 @@
-"""Reports from gateways (protocol §3.12): beacon status batches, firmware install status and
+"""Reports from gateways (protocol §3.16): beacon status batches, firmware install status and
 task status, plus the admin views over them."""
 
 from __future__ import annotations
