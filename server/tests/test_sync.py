@@ -79,6 +79,7 @@ async def test_full_sync_include_subset(synced: Any) -> None:
         body = await full_sync(client, include="beacons,areas")
         assert set(body["data"]) == {"areas", "beacons"}
         assert body["metadata"]["total_merchants"] == len(mall.merchants)
+        assert "entity" not in body  # only with everything (protocol §3.4)
         bad = await client.get("/api/orchestrators/sync/full", params={"include": "areas,robots"})
         assert_error(bad, 422, "VALIDATION_ERROR")
         bad = await client.get("/api/orchestrators/sync/full", params={"format": "verbose"})

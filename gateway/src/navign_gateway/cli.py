@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 failure, 2 invalid configuration or usage.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,42 @@ def cmd_show_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from navign_gateway import daemon, logs
+
+    config = _config(args)
+    logs.configure(args.log_level, args.log_format)
+    return asyncio.run(daemon.run(config, args.config))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from navign_gateway import oneshot
+
+    config = _config(args)
+    report = asyncio.run(oneshot.status(config))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for line in oneshot.describe(report):
+            print(line)
+    return 0 if report.get("running") else 3
+
+
+def cmd_sync_now(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from navign_gateway import logs, oneshot
+
+    config = _config(args)
+    logs.configure("warning", "text")
+    print(asyncio.run(oneshot.sync_now(config, args.config, full=args.full)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="navign-gateway", description="Navign mall gateway.")
     parser.add_argument("--version", action="version", version=f"navign-gateway {__version__}")
@@ -62,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("check-config", help="validate the configuration and summarise it")
     p.set_defaults(func=cmd_check_config)
+    p = commands.add_parser("run", help="run the gateway (systemd starts this)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.set_defaults(func=cmd_run)
+    p = commands.add_parser(
+        "status", help="the running gateway's state (exit 3 when it is not running)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = commands.add_parser(
+        "sync-now", help="bring the local copy in step with the server now, then exit"
+    )
+    p.add_argument("--full", action="store_true", help="a full sync instead of a delta")
+    p.set_defaults(func=cmd_sync_now)
     for name, func, text in (
         ("keygen", cmd_keygen, "create the gateway's identity key (never replaces one)"),
         ("show-key", cmd_show_key, "print the public key and fingerprint for pre-registration"),
@@ -81,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except IdentityError as exc:
         print(f"navign-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - one readable line for an operator, not a traceback
+        from navign_gateway.errors import describe_failure
+
+        print(f"navign-gateway: {describe_failure(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     return result
 

@@ -111,6 +111,10 @@ class Credentials:
             self._issued_at = self._expires_at - 3600.0  # unknown: assume the default life
 
     @property
+    def has_token(self) -> bool:
+        return self._token is not None
+
+    @property
     def expires_at(self) -> float:
         return self._expires_at
 

@@ -86,8 +86,9 @@ async def sync_full(
         "checksum": snapshot.checksums["global"],
         "data": {name: snapshot.documents.get(name, []) for name in collections},
         "metadata": {f"total_{name}": snapshot.counts[name] for name in COLLECTIONS},
-        "entity": snapshot.entity,
     }
+    if set(collections) == set(COLLECTIONS):  # protocol §3.4: absent for a narrower include
+        body["entity"] = snapshot.entity
     # Documents are served as stored; building pydantic models of 50,000 of them would only
     # slow the response down (the models are the documented schema, see response_model).
     return JSONResponse(body)
