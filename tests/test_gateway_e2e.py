@@ -401,3 +401,36 @@ def test_an_assigned_release_is_cached_verified_and_served(
         assert '"success"' in reports.text
     finally:
         server.stop()
+
+
+def test_heartbeats_carry_metrics_and_commands_are_run_once(
+    server_process: ServerProcess, gateways: Gateways
+) -> None:
+    import_mall(server_process)
+    gateway = gateways(server_process.base_url, enrollment_token=enrollment_token(server_process))
+    gateway.start()
+    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    path = f"/api/admin/orchestrators/{ENTITY}/gw-1"
+    with admin(server_process) as client:
+        command = client.post(f"{path}/commands", json={"type": "resync"})
+        assert command.status_code == 201, command.text
+        command_id = command.json()["id"]
+        unknown = client.post(f"{path}/commands", json={"type": "make_coffee"})
+        assert unknown.status_code == 201, unknown.text
+        # Heartbeats every 10 s (the test config): the commands go out with the next answer,
+        # and the one after acknowledges them.
+        beats: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            beats = client.get(f"{path}/heartbeats").json()["heartbeats"]
+            if any(command_id in beat.get("acked_commands", []) for beat in beats):
+                break
+            time.sleep(0.5)
+    assert any(command_id in beat.get("acked_commands", []) for beat in beats), beats
+    latest = beats[0]
+    assert latest["status"] in ("healthy", "degraded")
+    assert latest["metrics"]["memory_used_mb"] > 0
+    assert latest["metrics"]["disk_used_gb"] > 0
+    assert "full sync at seq" in gateway.log(400)  # the resync ran (after the first sync)
+    assert gateway.log(400).count("full sync at seq") == 2  # once at start, once for the command
+    assert "make_coffee" in gateway.log(400)  # unknown: logged and skipped
