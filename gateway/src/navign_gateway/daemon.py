@@ -80,6 +80,14 @@ REMEMBERED_COMMANDS = 200
 EXIT_RESTART = 75
 
 
+def client_ssl(config: GatewayConfig) -> ssl.SSLContext:
+    """TLS to the server, always verified: against the configured CA bundle (a private CA),
+    else the system's trust store. There is no switch to turn verification off."""
+    if config.ca_bundle is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=str(config.ca_bundle))
+
+
 class RestartRequestedError(Exception):
     """The server's heartbeat asked for a restart."""
 
@@ -134,11 +142,6 @@ class Gateway:
             return identity
         return load_identity(path)
 
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if self.config.ca_bundle is None:
-            return True
-        return ssl.create_default_context(cafile=str(self.config.ca_bundle))
-
     async def start(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +152,7 @@ class Gateway:
         self.copy = MallCopy(self.db, config.entity_id)
         await self.copy.migrate()
 
-        connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=16)
+        connector = aiohttp.TCPConnector(ssl=client_ssl(config), limit=16)
         self.session = aiohttp.ClientSession(connector=connector)
         self._stack.push_async_callback(self.session.close)
         self.credentials = Credentials(

@@ -84,7 +84,13 @@ def describe(report: dict[str, Any]) -> list[str]:
 
 async def sync_now(config: GatewayConfig, config_path: Path | None, *, full: bool) -> str:
     identity = load_identity(config.identity_key_path)
-    async with Database(config.data_dir / "gateway.sqlite3") as db, aiohttp.ClientSession() as s:
+    from navign_gateway.daemon import client_ssl
+
+    connector = aiohttp.TCPConnector(ssl=client_ssl(config))
+    async with (
+        Database(config.data_dir / "gateway.sqlite3") as db,
+        aiohttp.ClientSession(connector=connector) as s,
+    ):
         copy = MallCopy(db, config.entity_id)
         await copy.migrate()
         credentials = Credentials(
