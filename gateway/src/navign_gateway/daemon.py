@@ -47,6 +47,7 @@ from navign_gateway.hostmetrics import HostMetrics
 from navign_gateway.identity import Identity, IdentityError, create_identity, load_identity
 from navign_gateway.localapi import add_local_api
 from navign_gateway.mallcopy import MallCopy
+from navign_gateway.memory import release_memory
 from navign_gateway.robots import InvalidSelectionConfigError, RobotRegistry
 from navign_gateway.sdnotify import Notifier, watchdog_period
 from navign_gateway.sync import SyncEngine
@@ -233,6 +234,7 @@ class Gateway:
     async def _verify_then_connect(self) -> None:
         await asyncio.sleep(0)  # let start() finish and READY=1 go out first
         await self.sync.verify_local()
+        release_memory()  # verification read every row
         await self.uplink.run()
 
     async def _start_http(self) -> None:

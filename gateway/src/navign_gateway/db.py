@@ -69,11 +69,10 @@ async def _configure(conn: aiosqlite.Connection, *, read_only: bool) -> None:
         # FULL: a commit is on disk before it returns, so an acknowledged sync survives a power
         # cut (the gateway's SD card is the only copy it has while offline).
         await conn.execute("PRAGMA synchronous = FULL")
-        # Checkpoint the WAL every ~32 MB rather than every 4 MB, and keep 32 MB of pages in
-        # memory: a page of 500 changes spent most of its time checkpointing (bench/
-        # gateway_localdb.py: 21k -> 24-29k changes/s). The WAL is still bounded.
+        # Checkpoint the WAL every ~32 MB rather than every 4 MB: a page of 500 changes spent
+        # most of its time checkpointing (bench/gateway_localdb.py: 21k -> 24k changes/s). The
+        # WAL stays bounded; the page cache keeps SQLite's default (2 MB): the Pi's RAM is small.
         await conn.execute("PRAGMA wal_autocheckpoint = 8000")
-        await conn.execute("PRAGMA cache_size = -32768")
 
 
 class Database:

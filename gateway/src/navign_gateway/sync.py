@@ -28,6 +28,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from navign_gateway.mallcopy import ChecksumMismatch, MallCopy, SyncRejectedError
+from navign_gateway.memory import release_memory
 from navign_gateway.upstream import Upstream, UpstreamError, raise_for_error
 from navign_proto.mall import COLLECTIONS
 from navign_proto.wire import ChecksumResponse, SyncDeltaResponse, SyncFullResponse
@@ -140,13 +141,16 @@ class SyncEngine:
         if snapshot.entity_id != self.entity_id:
             raise SyncError(f"full sync answered for entity {snapshot.entity_id!r}")
         await self._copy.apply_full(snapshot, collections)
+        seq = snapshot.seq
+        total = sum(len(getattr(snapshot.data, c)) for c in COLLECTIONS)
+        del snapshot, raw
+        release_memory()  # the parsed snapshot was the process's peak; give it back
         kind = "full" if collections is None else "repair"
         self._metrics.duration.labels(kind).observe(time.perf_counter() - started)
         self.last_success = self._clock()
-        total = sum(len(getattr(snapshot.data, c)) for c in COLLECTIONS)
         what = "full sync" if collections is None else f"full sync of {', '.join(collections)}"
-        log.info("%s at seq %d: %d documents", what, snapshot.seq, total)
-        return SyncResult(kind, total, snapshot.seq)
+        log.info("%s at seq %d: %d documents", what, seq, total)
+        return SyncResult(kind, total, seq)
 
     async def delta(self) -> SyncResult:
         """Apply every change since the copy's cursor (a full sync when there is no copy yet,
