@@ -6,9 +6,10 @@
 #      untrusted key and a downgrade are refused.
 #   3. A mall's data is validated and checksummed the way server and gateway agree on it.
 #   4. A gateway creates its identity key and shows it for pre-registration.
-#   5. The central server runs (SQLite): a mall is imported, a gateway enrolled, the release
-#      published (verified against the release key) and assigned to the mall; a release signed
-#      by another key is refused.
+#   5. The central server runs (SQLite): a mall is imported and a gateway enrollment token made.
+#   6. The mall's gateway runs: it enrolls, syncs the mall and serves it on its local API.
+#   7. A release is published (verified against the release key) and assigned to the mall; the
+#      gateway fetches, verifies and serves it; a release signed by another key is refused.
 #
 # Every command here is the real tool; nothing is simulated. As the server, gateway and firmware
 # land, this script grows into server + gateway + simulated beacons with a live OTA rollout.
@@ -107,7 +108,60 @@ echo "   server pid $server_pid on port $port; log in $work/server.log"
 navign-admin import mall-riverside "$here/proto/examples/sample-mall.json"
 navign-admin entities
 echo "   an enrollment token for the mall's gateway (single use, 1 hour):"
-navign-admin enroll mall-riverside gw-riverside-1 --ttl 3600 | tail -n 1
+enrollment=$(navign-admin enroll mall-riverside gw-riverside-1 --ttl 3600 | tail -n 1)
+echo "   $enrollment"
+
+step "6. The mall's gateway: enrolls, syncs the mall, follows the server's events"
+free_port() { python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+gw_http=$(free_port)
+gw_grpc=$(free_port)
+cat > riverside.toml <<TOML
+server_url = "http://127.0.0.1:$port"
+entity_id = "mall-riverside"
+orchestrator_id = "gw-riverside-1"
+enrollment_token = "$enrollment"
+data_dir = "$work/riverside-gateway"
+heartbeat_interval = 10
+[listen]
+http = "127.0.0.1:$gw_http"
+grpc = "127.0.0.1:$gw_grpc"
+[firmware]
+release_public_keys = ["$work/release.pem.pub"]
+[ble]
+enabled = false
+[mdns]
+enabled = false
+TOML
+chmod 600 riverside.toml
+navign-gateway --config riverside.toml run >"$work/gateway.log" 2>&1 &
+gateway_pid=$!
+trap 'kill "$gateway_pid" "$server_pid" 2>/dev/null; wait "$gateway_pid" "$server_pid" 2>/dev/null || true' EXIT
+connected() {
+  python - "$gw_http" <<'PY'
+import json, sys, urllib.request
+try:
+    status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=1))
+except Exception:
+    sys.exit(1)
+sys.exit(0 if status.get("uplink") == "CONNECTED" and status.get("local_copy") == "ready" else 1)
+PY
+}
+for _ in $(seq 1 300); do connected && break; sleep 0.1; done
+connected || { echo "demo: the gateway did not connect; see $work/gateway.log" >&2; exit 1; }
+echo "   gateway pid $gateway_pid: HTTP on $gw_http, gRPC on $gw_grpc; log in $work/gateway.log"
+navign-gateway --config riverside.toml status
+echo "   the used enrollment token is gone from riverside.toml:"
+grep -c enrollment_token riverside.toml || true
+echo "   kiosks and robots read the mall from the gateway (it keeps serving when the server is away):"
+python - "$gw_http" <<'PY'
+import json, sys, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}/local/v1"
+for name in ("areas", "beacons", "merchants", "connections"):
+    body = json.load(urllib.request.urlopen(f"{base}/{name}?limit=1000", timeout=5))
+    print(f"   {name:<12} {len(body['documents'])} documents at seq {body['seq']}")
+PY
+
+step "7. A signed release, published and assigned: the gateway fetches, verifies and serves it"
 echo "   the operator publishes the signed release:"
 navign-admin release publish --key release.pem --name navign-beacon-app --version 1.1.0 \
   --target esp32c3 --secure-version 1 --app-dir app --channel stable --changelog "demo release"
@@ -115,6 +169,20 @@ release_id=$(navign-admin --json releases | python -c 'import json, sys; print(j
 navign-admin releases
 navign-admin assign mall-riverside "$release_id" --canary 10% --batch 20 --failure-threshold 5%
 navign-admin rollouts mall-riverside
+python - "$gw_http" "$release_id" <<'PY'
+import hashlib, json, sys, time, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(300):
+    releases = json.load(urllib.request.urlopen(f"{base}/firmware", timeout=5))["releases"]
+    if any(r["firmware_id"] == sys.argv[2] for r in releases):
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("demo: the gateway did not cache the release; see gateway.log")
+artifact = urllib.request.urlopen(f"{base}/firmware/{sys.argv[2]}", timeout=5).read()
+print(f"   the gateway verified and serves {sys.argv[2]}: {len(artifact)} bytes, "
+      f"sha256 {hashlib.sha256(artifact).hexdigest()[:16]}...")
+PY
 echo "   a release signed with a key the server does not trust:"
 refused navign-admin release publish --key rogue.pem --name navign-beacon-app --version 1.2.0 \
   --target esp32c3 --secure-version 1 --app-dir app --channel stable
