@@ -112,6 +112,15 @@ def test_enrollment_full_sync_and_live_edits(
     gateway.wait_until(in_step(server_process), SYNC_TIMEOUT, "apply the edit")
     listing = local(gateway, "/local/v1/beacons").json()["documents"]
     assert "Renamed by the e2e test" in {b["name"] for b in listing}
+    metrics = local(gateway, "/metrics").text
+    for name in (  # the seed's names, and more
+        "orchestrator_events_received_total",
+        "orchestrator_sync_duration_seconds",
+        "orchestrator_firmware_downloads_total",
+        "orchestrator_uplink_connected 1.0",
+    ):
+        assert name in metrics, name
+    assert 'orchestrator_events_received_total{type="data_update"}' in metrics
     assert gateway.stop() == 0
 
 
@@ -434,3 +443,24 @@ def test_heartbeats_carry_metrics_and_commands_are_run_once(
     assert "full sync at seq" in gateway.log(400)  # the resync ran (after the first sync)
     assert gateway.log(400).count("full sync at seq") == 2  # once at start, once for the command
     assert "make_coffee" in gateway.log(400)  # unknown: logged and skipped
+
+
+def test_a_restart_command_ends_the_process_for_systemd_to_restart(
+    server_process: ServerProcess, gateways: Gateways
+) -> None:
+    import_mall(server_process)
+    gateway = gateways(server_process.base_url, enrollment_token=enrollment_token(server_process))
+    gateway.start()
+    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    with admin(server_process) as client:
+        path = f"/api/admin/orchestrators/{ENTITY}/gw-1/commands"
+        assert client.post(path, json={"type": "restart"}).status_code == 201
+    assert gateway.process is not None
+    code = gateway.process.wait(timeout=60)
+    assert code == 75  # EX_TEMPFAIL: systemd's Restart=always starts it again
+    # Acknowledged before exiting: the restarted gateway does not restart again.
+    gateway.start()
+    gateway.wait_until(connected, SYNC_TIMEOUT, "connect again")
+    time.sleep(12)  # one more heartbeat interval
+    assert gateway.process is not None
+    assert gateway.process.poll() is None
