@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from navign_proto import keys
+from navign_proto.byteranges import ByteRange, RangeNotSatisfiableError, parse_range
 from navign_proto.errors import ArtifactMismatchError
-from navign_server.api.firmware import ByteRange, RangeNotSatisfiableError, parse_range
 from navign_server.blobs import STALE_TEMP_SECONDS, BlobNotFoundError, FilesystemBlobs
 from navign_server.cli import EXIT_CONFIG, load_settings
 from navign_server.releases import ArtifactCheck, ArtifactTooLargeError, release_id

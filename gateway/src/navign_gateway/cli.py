@@ -17,6 +17,8 @@ from navign_gateway.identity import IdentityError, create_identity, load_identit
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+#: Libraries whose INFO and DEBUG lines would flood a Pi's journal.
+QUIET_LOGGERS = ("aiohttp.access", "aiosqlite", "grpc")
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -57,10 +59,11 @@ def cmd_show_key(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from navign_gateway import daemon, logs
+    from navign_gateway import daemon
+    from navign_proto import logs
 
     config = _config(args)
-    logs.configure(args.log_level, args.log_format)
+    logs.configure(args.log_level, args.log_format, quiet=QUIET_LOGGERS)
     return asyncio.run(daemon.run(config, args.config))
 
 
@@ -82,10 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_sync_now(args: argparse.Namespace) -> int:
     import asyncio
 
-    from navign_gateway import logs, oneshot
+    from navign_gateway import oneshot
+    from navign_proto import logs
 
     config = _config(args)
-    logs.configure("warning", "text")
+    logs.configure("warning", "text", quiet=QUIET_LOGGERS)
     print(asyncio.run(oneshot.sync_now(config, args.config, full=args.full)))
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,6 +26,7 @@ from aiohttp.helpers import ETag
 from multidict import CIMultiDict
 
 from navign_gateway.firmware import CachedRelease, FirmwareCache
+from navign_proto.byteranges import ByteRange, RangeNotSatisfiableError, parse_range
 from navign_proto.wire import HTTP_STATUS, ErrorCode, ErrorEnvelope
 
 PREFIX: Final = "/firmware"
@@ -34,10 +34,8 @@ PREFIX: Final = "/firmware"
 ETAG: Final = "ETag"
 #: sendfile() hands the kernel this much per call when it falls back to reads.
 SEND_CHUNK = 256 * 1024
-MAX_RANGE_HEADER = 200
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_RANGE_RE = re.compile(r"([0-9]*)-([0-9]*)")
 _CONDITIONALS = (
     hdrs.IF_MATCH,
     hdrs.IF_NONE_MATCH,
@@ -49,44 +47,6 @@ _CONDITIONALS = (
 
 
 # -- ranges (the rules of §3.10) ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    first: int
-    last: int  # inclusive, as in Content-Range
-
-
-class RangeNotSatisfiableError(Exception):
-    pass
-
-
-def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """The one byte range to serve, or None to serve everything (no header, another unit,
-    several ranges, malformed, ``last < first``: RFC 9110 lets a server ignore them).
-    RangeNotSatisfiableError: a first byte at or beyond ``size``, or ``bytes=-0``."""
-    if header is None or len(header) > MAX_RANGE_HEADER:
-        return None
-    unit, equals, spec = header.partition("=")
-    if not equals or unit.strip().lower() != "bytes":
-        return None
-    match = _RANGE_RE.fullmatch(spec.strip())
-    if match is None:
-        return None
-    first_text, last_text = match.groups()
-    if not first_text:
-        if not last_text:
-            return None
-        suffix = int(last_text)
-        if suffix == 0:
-            raise RangeNotSatisfiableError
-        return ByteRange(max(0, size - suffix), size - 1)
-    first = int(first_text)
-    if last_text and int(last_text) < first:
-        return None
-    if first >= size:
-        raise RangeNotSatisfiableError
-    return ByteRange(first, min(int(last_text), size - 1) if last_text else size - 1)
 
 
 def etag_listed(header: str, value: str, *, weak: bool) -> bool:

@@ -55,7 +55,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from navign_server import logs
+    from navign_proto import logs
     from navign_server.app import Server, create_app
 
     settings = load_settings(host=args.host, port=args.port, database_url=args.db)

@@ -8,13 +8,12 @@ blob store in ``READ_CHUNK`` pieces; an artifact is never read into memory whole
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from navign_proto.byteranges import RangeNotSatisfiableError, parse_range
 from navign_proto.mall import Chip
 from navign_proto.wire import ErrorCode, FirmwareChannel, FirmwareInfo
 from navign_server.auth.principals import Ctx, Gateway
@@ -30,8 +29,6 @@ router = APIRouter(prefix="/api/firmware", tags=["firmware"])
 IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 KEYWORD_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 #: A Range header longer than this is not one we would honour: it is ignored.
-MAX_RANGE_HEADER = 200
-_RANGE_RE = re.compile(r"([0-9]*)-([0-9]*)")
 
 
 def hosting(request: Request) -> FirmwareHosting:
@@ -89,52 +86,6 @@ async def manifest(firmware_id: IdPath, ctx: Ctx, principal: Gateway) -> Respons
         media_type="application/json",
         headers={"ETag": f'"{release.manifest_sha256}"'},
     )
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    first: int
-    last: int  # inclusive, as in Content-Range
-
-    @property
-    def length(self) -> int:
-        return self.last - self.first + 1
-
-
-class RangeNotSatisfiableError(Exception):
-    pass
-
-
-def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """The one byte range to serve, or None to serve everything.
-
-    Ignored (None), as RFC 9110 allows: no header, another unit, several ranges, malformed
-    syntax, ``last < first``. RangeNotSatisfiableError: a first byte at or beyond ``size``,
-    or a zero-length suffix (``bytes=-0``).
-    """
-    if header is None or len(header) > MAX_RANGE_HEADER:
-        return None
-    unit, equals, spec = header.partition("=")
-    if not equals or unit.strip().lower() != "bytes":
-        return None
-    match = _RANGE_RE.fullmatch(spec.strip())
-    if match is None:  # includes "a-b, c-d": several ranges are served as one 200
-        return None
-    first_text, last_text = match.groups()
-    if not first_text:
-        if not last_text:
-            return None
-        suffix = int(last_text)
-        if suffix == 0:
-            raise RangeNotSatisfiableError
-        return ByteRange(max(0, size - suffix), size - 1)
-    first = int(first_text)
-    if last_text and int(last_text) < first:
-        return None
-    if first >= size:
-        raise RangeNotSatisfiableError
-    last = min(int(last_text), size - 1) if last_text else size - 1
-    return ByteRange(first, last)
 
 
 _BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}

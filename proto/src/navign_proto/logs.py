@@ -1,4 +1,5 @@
-"""Logging for the gateway: plain lines for journald (it adds the time), or JSON lines."""
+"""Logging for the server and the gateway: JSON lines, plain lines for journald (which adds the
+time itself), or plain lines with the time for a terminal."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure(level: str, fmt: str) -> None:
+def configure(level: str, fmt: str, *, quiet: tuple[str, ...] = ()) -> None:
+    """Log to stderr at ``level`` as ``fmt`` (``json`` or ``text``). The ``quiet`` loggers
+    (third-party chatter) stay at WARNING whatever the level: an SD card has little room."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -37,6 +40,5 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Third-party chatter stays at WARNING whatever our level (an SD card has little room).
-    for noisy in ("aiohttp.access", "aiosqlite", "grpc"):
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
