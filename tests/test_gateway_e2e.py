@@ -464,3 +464,16 @@ def test_a_restart_command_ends_the_process_for_systemd_to_restart(
     time.sleep(12)  # one more heartbeat interval
     assert gateway.process is not None
     assert gateway.process.poll() is None
+
+
+def test_a_port_in_use_is_one_line_and_a_prompt_exit(tmp_path: Path, gateways: Gateways) -> None:
+    gateway = gateways("http://127.0.0.1:9")  # never reached: the start fails first
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", gateway.http_port))
+        taken.listen()
+        done = subprocess.run(
+            gateway.command("run"), capture_output=True, text=True, timeout=60, check=False
+        )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("navign-gateway: address already in use")

@@ -44,7 +44,7 @@ from navign_gateway.grpc_service import (
     stop_grpc_server,
 )
 from navign_gateway.hostmetrics import HostMetrics
-from navign_gateway.identity import Identity, IdentityError, create_identity, load_identity
+from navign_gateway.identity import Identity, create_identity, load_identity
 from navign_gateway.localapi import add_local_api
 from navign_gateway.mallcopy import MallCopy
 from navign_gateway.memory import release_memory
@@ -484,8 +484,10 @@ async def run(config: GatewayConfig, config_path: Path | None) -> int:
         loop.add_signal_handler(sig, gateway.request_stop)
     try:
         await gateway.start()
-    except IdentityError:
-        await gateway.stop()
+    except BaseException:
+        # Whatever started is stopped again (the database's threads would otherwise keep a
+        # failed process alive), then the failure is reported by the CLI in one line.
+        await asyncio.wait_for(gateway.stop(), STOP_SECONDS)
         raise
     try:
         await gateway.wait()

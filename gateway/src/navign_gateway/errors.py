@@ -25,5 +25,5 @@ def describe_failure(exc: BaseException) -> str:
             return f"permission denied: {exc.filename or exc.strerror}"
         if exc.errno == errno.ENOSPC:
             return "no space left on the device"
-        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+        return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
     return f"{type(exc).__name__}: {exc}"
