@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,16 +47,20 @@ class Tokens:
 
 
 class Copy:
-    """Stands in for the sync engine: the copy is at seq 3 and in step."""
+    """Stands in for the sync engine: the copy is at seq 3 and in step. The first ``failing``
+    catch-ups fail as SQLite does when the disk is full."""
 
-    def __init__(self) -> None:
+    def __init__(self, failing: int = 0) -> None:
         self.deltas = 0
+        self.failing = failing
 
     async def cursor(self) -> int | None:
         return 3
 
     async def delta(self) -> SyncResult:
         self.deltas += 1
+        if self.deltas <= self.failing:
+            raise sqlite3.OperationalError("database or disk is full")
         return SyncResult("current", 0, 3)
 
     async def full(self, collections: object = None) -> SyncResult:
@@ -104,7 +109,13 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 async def run_uplink(
-    db: Database, script: Script, handlers: dict[str, Any], *, until: Any, ping: float = 15.0
+    db: Database,
+    script: Script,
+    handlers: dict[str, Any],
+    *,
+    until: Any,
+    ping: float = 15.0,
+    copy: Copy | None = None,
 ) -> Uplink:
     app = web.Application()
     app.router.add_get("/api/orchestrators/events", script.events)
@@ -123,7 +134,7 @@ async def run_uplink(
                 upstream=upstream,
                 credentials=cast(Credentials, tokens),
                 db=db,
-                sync=cast(SyncEngine, Copy()),
+                sync=cast(SyncEngine, copy or Copy()),
                 handlers=handlers,
                 ping_seconds=ping,
                 backoff=Backoff(initial=0.05, maximum=0.1),
@@ -183,3 +194,15 @@ async def test_a_refusal_stops_the_uplink(db: Database) -> None:
     assert uplink.refused.code == "ORCHESTRATOR_DISABLED"
     assert len(script.seen_ids) == 1  # no retry
     assert json.dumps(str(uplink.refused))
+
+
+async def test_an_unexpected_failure_is_retried_not_fatal(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = Script([[b": hello\r\n\r\n"]])
+    copy = Copy(failing=2)
+    uplink = await run_uplink(db, script, {}, copy=copy, until=lambda _: len(script.seen_ids) >= 1)
+    assert copy.deltas >= 3  # two failures, then the catch-up worked and the stream opened
+    assert script.seen_ids
+    assert uplink.state is not UplinkState.REFUSED
+    assert "database or disk is full" in caplog.text

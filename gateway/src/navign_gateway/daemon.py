@@ -386,6 +386,10 @@ class Gateway:
                 raise
             except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self._heartbeat_failures.failed(exc)
+            except Exception as exc:  # the heartbeat must outlive any one failure
+                if self._heartbeat_failures.failures == 0:
+                    log.exception("heartbeat: unexpected failure")
+                self._heartbeat_failures.failed(exc)
             await asyncio.sleep(interval)
 
     async def _run_commands(self, response: HeartbeatResponse) -> list[str]:

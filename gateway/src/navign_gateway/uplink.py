@@ -184,6 +184,12 @@ class Uplink:
                     OSError,
                 ) as exc:
                     self._failures.failed(exc)
+                except Exception as exc:  # a gateway runs for months: never die of one failure
+                    # A bug or an unexpected failure (a full disk under SQLite...): logged with
+                    # its traceback once, then retried like any other failure.
+                    if self._failures.failures == 0:
+                        log.exception("uplink: unexpected failure")
+                    self._failures.failed(exc)
                 floor = self._server_retry
                 if time.monotonic() - started > STABLE_SECONDS:
                     self._backoff.reset()
