@@ -41,7 +41,6 @@ from navign_gateway.upstream import Upstream, UpstreamError
 from navign_proto import keys
 from navign_proto.manifest import (
     FileEntry,
-    ImageEntry,
     ReleaseManifest,
     format_time,
     sign_manifest,
@@ -52,7 +51,9 @@ from navign_server.testing import (
     RunningServer,
     TestGateway,
     enrolled_gateway,
+    image_manifest,
     import_sample_mall,
+    payload,
     run_server,
     server_settings,
 )
@@ -66,30 +67,6 @@ PASS_BACK = {"content-type", "etag", "content-range", "accept-ranges", "retry-af
 #: A stalled download is released after this long even if the test forgets to (bounded).
 STALL_SECONDS = 15.0
 POLL_STEPS, POLL_SECONDS = 500, 0.02
-
-
-def payload(size: int, seed: str) -> bytes:
-    """``size`` deterministic bytes that do not compress."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
-
-
-def image_manifest(image: bytes, version: str = "1.0.0", **changes: Any) -> ReleaseManifest:
-    values: dict[str, Any] = {
-        "name": "navign-beacon-fw",
-        "version": version,
-        "secure_version": 1,
-        "target": "esp32",
-        "kind": "image",
-        "image": ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
-        "created_at": format_time(datetime(2026, 11, 27, 10, tzinfo=UTC)),
-    }
-    values.update(changes)
-    return ReleaseManifest(**values)
 
 
 def app_manifest(files: dict[str, bytes], version: str = "1.0.0") -> ReleaseManifest:

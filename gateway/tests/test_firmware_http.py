@@ -26,41 +26,22 @@ from navign_gateway.firmware import TOUCH_PERSIST_SECONDS, CachedRelease, Firmwa
 from navign_gateway.firmware_http import add_firmware_routes
 from navign_gateway.upstream import Upstream
 from navign_proto import keys
-from navign_proto.manifest import ImageEntry, ReleaseManifest, format_time, sign_manifest
+from navign_proto.manifest import sign_manifest
 from navign_proto.wire import ErrorEnvelope, FirmwareInfo
 from navign_server.releases import firmware_info
 from navign_server.testing import (
     RunningServer,
     TestGateway,
     enrolled_gateway,
+    image_manifest,
     import_sample_mall,
+    payload,
     run_server,
     server_settings,
 )
 
 ENTITY = "mall-riverside"
 SIZE = 200_000
-
-
-def payload(size: int, seed: str) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
-
-
-def image_manifest(image: bytes, version: str) -> ReleaseManifest:
-    return ReleaseManifest(
-        name="navign-beacon-fw",
-        version=version,
-        secure_version=1,
-        target="esp32",  # type: ignore[arg-type]
-        kind="image",
-        image=ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
-        created_at=format_time(datetime(2026, 11, 27, 10, tzinfo=UTC)),
-    )
 
 
 class FakeClock:

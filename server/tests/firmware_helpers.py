@@ -17,11 +17,14 @@ from navign_proto import keys
 from navign_proto.mall import Chip
 from navign_proto.manifest import (
     FileEntry,
-    ImageEntry,
     ReleaseManifest,
     format_time,
     sign_manifest,
 )
+
+# Re-exported for the firmware tests: the release builders live in navign_server.testing.
+from navign_server.testing import image_manifest as image_manifest
+from navign_server.testing import payload as payload
 
 from .conftest import (
     RunningServer,
@@ -34,32 +37,6 @@ from .conftest import (
 
 ENTITY = "mall-riverside"
 CREATED = format_time(datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC))
-
-
-def payload(size: int, seed: str) -> bytes:
-    """``size`` deterministic, incompressible-looking bytes."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
-
-
-def image_manifest(
-    image: bytes, *, version: str = "1.0.0", target: str = "esp32", **changes: Any
-) -> ReleaseManifest:
-    values: dict[str, Any] = {
-        "name": "navign-beacon-fw",
-        "version": version,
-        "secure_version": 1,
-        "target": target,
-        "kind": "image",
-        "image": ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
-        "created_at": CREATED,
-    }
-    values.update(changes)
-    return ReleaseManifest(**values)
 
 
 def app_manifest(

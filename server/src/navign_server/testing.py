@@ -5,6 +5,7 @@ protocol says. Test support only: it needs the workspace's dev dependencies (htt
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.client
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from navign_proto import keys
 from navign_proto.canonical import canonical_json
 from navign_proto.mall import MallData
+from navign_proto.manifest import ImageEntry, ReleaseManifest, format_time
 from navign_proto.signing import sign_request
 from navign_server.app import Server, create_app
 from navign_server.auth.principals import hash_secret, new_admin_token
@@ -338,3 +341,36 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- signed releases ---------------------------------------------------------------------------
+
+RELEASE_CREATED = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+
+
+def payload(size: int, seed: str) -> bytes:
+    """``size`` deterministic bytes that do not compress (an artifact for tests)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def image_manifest(
+    image: bytes, version: str = "1.0.0", *, target: str = "esp32", **changes: Any
+) -> ReleaseManifest:
+    """The manifest of a whole-image release of ``image`` (unsigned; sign with
+    ``navign_proto.manifest.sign_manifest``)."""
+    values: dict[str, Any] = {
+        "name": "navign-beacon-fw",
+        "version": version,
+        "secure_version": 1,
+        "target": target,
+        "kind": "image",
+        "image": ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
+        "created_at": format_time(RELEASE_CREATED),
+    }
+    values.update(changes)
+    return ReleaseManifest(**values)
