@@ -43,11 +43,11 @@ from navign_proto.manifest import (
     FileEntry,
     ReleaseManifest,
     format_time,
-    sign_manifest,
 )
 from navign_proto.wire import FirmwareInfo
 from navign_server.releases import firmware_info
 from navign_server.testing import (
+    Releases,
     RunningServer,
     TestGateway,
     enrolled_gateway,
@@ -264,19 +264,8 @@ class World:
 
     async def publish(self, manifest: ReleaseManifest, artifact: bytes) -> FirmwareInfo:
         """Sign, upload and verify a release as an operator would; its FirmwareInfo."""
-        envelope = sign_manifest(manifest, [self.release_key])
-        async with self.server.admin() as admin:
-            created = await admin.post(
-                "/api/admin/releases", json={"envelope": envelope, "channel": "stable"}
-            )
-            assert created.status_code == 201, created.text
-            release_id = created.json()["release_id"]
-            uploaded = await admin.put(
-                f"/api/admin/releases/{release_id}/artifact",
-                content=artifact,
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            assert uploaded.status_code == 200, uploaded.text
+        uploaded = await Releases(self.server, self.release_key).publish(manifest, artifact)
+        release_id = uploaded["release_id"]
         release = await self.server.ctx.store.get_release(release_id)
         return firmware_info(release, self.server.base_url)
 

@@ -26,10 +26,10 @@ from navign_gateway.firmware import TOUCH_PERSIST_SECONDS, CachedRelease, Firmwa
 from navign_gateway.firmware_http import add_firmware_routes
 from navign_gateway.upstream import Upstream
 from navign_proto import keys
-from navign_proto.manifest import sign_manifest
 from navign_proto.wire import ErrorEnvelope, FirmwareInfo
 from navign_server.releases import firmware_info
 from navign_server.testing import (
+    Releases,
     RunningServer,
     TestGateway,
     enrolled_gateway,
@@ -80,19 +80,8 @@ class Site:
     root: Path
 
     async def publish(self, image: bytes, version: str) -> FirmwareInfo:
-        envelope = sign_manifest(image_manifest(image, version), [self.release_key])
-        async with self.server.admin() as admin:
-            created = await admin.post(
-                "/api/admin/releases", json={"envelope": envelope, "channel": "stable"}
-            )
-            assert created.status_code == 201, created.text
-            release_id = created.json()["release_id"]
-            uploaded = await admin.put(
-                f"/api/admin/releases/{release_id}/artifact",
-                content=image,
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            assert uploaded.status_code == 200, uploaded.text
+        releases = Releases(self.server, self.release_key)
+        release_id = (await releases.publish(image_manifest(image, version), image))["release_id"]
         return firmware_info(await self.server.ctx.store.get_release(release_id), "")
 
     async def cached(self, image: bytes, version: str = "1.0.0") -> CachedRelease:

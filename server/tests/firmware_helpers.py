@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from navign_proto import keys
@@ -19,8 +18,8 @@ from navign_proto.manifest import (
     FileEntry,
     ReleaseManifest,
     format_time,
-    sign_manifest,
 )
+from navign_server.testing import Releases as Releases
 
 # Re-exported for the firmware tests: the release builders live in navign_server.testing.
 from navign_server.testing import image_manifest as image_manifest
@@ -56,45 +55,6 @@ def app_manifest(
         min_previous_version="0.9.0",
         created_at=CREATED,
     )
-
-
-class Releases:
-    """Signs and uploads releases as an operator would."""
-
-    def __init__(self, server: RunningServer, key: ec.EllipticCurvePrivateKey) -> None:
-        self.server = server
-        self.key = key
-
-    def envelope(self, manifest: ReleaseManifest) -> dict[str, Any]:
-        return sign_manifest(manifest, [self.key])
-
-    async def create(
-        self, envelope: dict[str, Any] | str, channel: str = "stable", **extra: Any
-    ) -> httpx.Response:
-        async with self.server.admin() as admin:
-            return await admin.post(
-                "/api/admin/releases", json={"envelope": envelope, "channel": channel, **extra}
-            )
-
-    async def put_artifact(
-        self, release_id: str, artifact: bytes, **headers: str
-    ) -> httpx.Response:
-        async with self.server.admin() as admin:
-            return await admin.put(
-                f"/api/admin/releases/{release_id}/artifact",
-                content=artifact,
-                headers={"Content-Type": "application/octet-stream", **headers},
-            )
-
-    async def publish(
-        self, manifest: ReleaseManifest, artifact: bytes, channel: str = "stable", **extra: Any
-    ) -> dict[str, Any]:
-        created = await self.create(self.envelope(manifest), channel, **extra)
-        assert created.status_code == 201, created.text
-        uploaded = await self.put_artifact(created.json()["release_id"], artifact)
-        assert uploaded.status_code == 200, uploaded.text
-        body: dict[str, Any] = uploaded.json()
-        return body
 
 
 def stray_files(server: RunningServer) -> list[Path]:

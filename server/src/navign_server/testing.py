@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from navign_proto import keys
 from navign_proto.canonical import canonical_json
 from navign_proto.mall import MallData
-from navign_proto.manifest import ImageEntry, ReleaseManifest, format_time
+from navign_proto.manifest import ImageEntry, ReleaseManifest, format_time, sign_manifest
 from navign_proto.signing import sign_request
 from navign_server.app import Server, create_app
 from navign_server.auth.principals import hash_secret, new_admin_token
@@ -374,3 +374,42 @@ def image_manifest(
     }
     values.update(changes)
     return ReleaseManifest(**values)
+
+
+class Releases:
+    """Signs and uploads releases as an operator would."""
+
+    def __init__(self, server: RunningServer, key: ec.EllipticCurvePrivateKey) -> None:
+        self.server = server
+        self.key = key
+
+    def envelope(self, manifest: ReleaseManifest) -> dict[str, Any]:
+        return sign_manifest(manifest, [self.key])
+
+    async def create(
+        self, envelope: dict[str, Any] | str, channel: str = "stable", **extra: Any
+    ) -> httpx.Response:
+        async with self.server.admin() as admin:
+            return await admin.post(
+                "/api/admin/releases", json={"envelope": envelope, "channel": channel, **extra}
+            )
+
+    async def put_artifact(
+        self, release_id: str, artifact: bytes, **headers: str
+    ) -> httpx.Response:
+        async with self.server.admin() as admin:
+            return await admin.put(
+                f"/api/admin/releases/{release_id}/artifact",
+                content=artifact,
+                headers={"Content-Type": "application/octet-stream", **headers},
+            )
+
+    async def publish(
+        self, manifest: ReleaseManifest, artifact: bytes, channel: str = "stable", **extra: Any
+    ) -> dict[str, Any]:
+        created = await self.create(self.envelope(manifest), channel, **extra)
+        assert created.status_code == 201, created.text
+        uploaded = await self.put_artifact(created.json()["release_id"], artifact)
+        assert uploaded.status_code == 200, uploaded.text
+        body: dict[str, Any] = uploaded.json()
+        return body
