@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +28,12 @@ from navign_gateway.grpc_service import (
 from navign_gateway.robots import RobotRegistry, RobotState
 from navign_gateway.tasks import TaskEngine, TaskState
 from navign_proto.grpc import task_pb2, task_pb2_grpc
-from navign_proto.wire import TaskCreateEvent, TaskStatus, TaskStatusReport
+from navign_proto.wire import TaskCreateEvent, TaskStatus
 
-ENTITY = "mall-1"
-T0 = 1_767_225_600.0
+from .conftest import ENTITY, T0, Clock, Reporter
+
 CALL_TIMEOUT_S = 5.0
 StreamCall = Any  # grpc.aio.UnaryStreamCall, untyped through the generated stub
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Reporter:
-    delivered: list[TaskStatusReport] = field(default_factory=list)
-
-    async def report_task(self, report: TaskStatusReport) -> None:
-        self.delivered.append(report)
 
 
 @dataclass

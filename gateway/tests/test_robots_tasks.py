@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,36 +42,7 @@ from navign_gateway.tasks import (
 from navign_proto.grpc import task_pb2
 from navign_proto.wire import TaskCreateEvent, TaskStatus, TaskStatusReport
 
-ENTITY = "mall-1"
-T0 = 1_767_225_600.0
-
-
-class Clock:
-    """The time the tests drive (unix seconds)."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Reporter:
-    """Stands in for the server's report endpoint: records, or raises while ``down``."""
-
-    delivered: list[TaskStatusReport] = field(default_factory=list)
-    down: bool = False
-    calls: int = 0
-
-    async def report_task(self, report: TaskStatusReport) -> None:
-        self.calls += 1
-        if self.down:
-            raise ConnectionError("server unreachable")
-        self.delivered.append(report)
+from .conftest import ENTITY, T0, Clock, Reporter
 
 
 def robot(
