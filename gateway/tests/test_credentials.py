@@ -18,7 +18,7 @@ from navign_gateway.credentials import (
     UplinkRefusedError,
 )
 from navign_gateway.db import Database
-from navign_gateway.identity import create_identity
+from navign_gateway.identity import create_identity, load_identity
 from navign_gateway.upstream import Upstream
 from navign_server.testing import (
     RunningServer,
@@ -62,11 +62,7 @@ async def make_credentials(
     config = load_config(config_path, env={})
     key_path = config.identity_key_path
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    identity = create_identity(key_path) if not key_path.exists() else None
-    if identity is None:
-        from navign_gateway.identity import load_identity
-
-        identity = load_identity(key_path)
+    identity = load_identity(key_path) if key_path.exists() else create_identity(key_path)
     credentials = Credentials(
         session=session,
         config=config,

@@ -220,7 +220,7 @@ class Uplink:
 
     async def _connect_once(self) -> None:
         await self._credentials.token()
-        if self._credentials.initial_sync_required or await self._sync_cursor() is None:
+        if self._credentials.initial_sync_required or await self._sync.cursor() is None:
             result = await self._sync.full()
             self._credentials.initial_sync_required = False
             await self.reset_event_cursor(result.seq)
@@ -228,13 +228,10 @@ class Uplink:
             await self._sync.delta()
         await self._stream()
 
-    async def _sync_cursor(self) -> int | None:
-        return await self._sync.cursor()
-
     async def _stream(self) -> None:
         last_id = await self._db.get_state(STATE_LAST_EVENT_ID)
         if last_id is None:
-            cursor = await self._sync_cursor()
+            cursor = await self._sync.cursor()
             last_id = None if cursor is None else str(cursor)
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_id is not None:

@@ -114,10 +114,6 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._closed_reason: str | None = None
 
-    @property
-    def closed_reason(self) -> str | None:
-        return self._closed_reason
-
     def _offer(self, event: LiveEvent) -> None:
         if self._closed_reason is not None:
             return
@@ -193,10 +189,6 @@ class EventHub:
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
-
-    @property
-    def closing(self) -> bool:
-        return self._closing
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
