@@ -93,6 +93,15 @@ def connected(status: dict[str, Any] | None) -> bool:
     return status is not None and status.get("uplink") == "CONNECTED"
 
 
+def connected_gateway(server: ServerProcess, gateways: Gateways) -> GatewayProcess:
+    """The sample mall on ``server``, and a gateway enrolled to it, connected and in step."""
+    import_mall(server)
+    gateway = gateways(server.base_url, enrollment_token=enrollment_token(server))
+    gateway.start()
+    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    return gateway
+
+
 def local(gateway: GatewayProcess, path: str) -> httpx.Response:
     with httpx.Client(base_url=gateway.base_url, timeout=10.0) as client:
         return client.get(path)
@@ -101,10 +110,7 @@ def local(gateway: GatewayProcess, path: str) -> httpx.Response:
 def test_enrollment_full_sync_and_live_edits(
     server_process: ServerProcess, gateways: Gateways
 ) -> None:
-    import_mall(server_process)
-    gateway = gateways(server_process.base_url, enrollment_token=enrollment_token(server_process))
-    gateway.start()
-    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    gateway = connected_gateway(server_process, gateways)
     gateway.wait_until(in_step(server_process), SYNC_TIMEOUT, "match the server's checksum")
     assert "enrollment_token" not in gateway.config_path.read_text()
     # An admin edit reaches the gateway through a data_update event and a delta sync.
@@ -209,10 +215,7 @@ def test_the_gateway_starts_and_serves_while_the_server_is_down(
 def test_a_disabled_gateway_stops_its_uplink_and_keeps_serving(
     server_process: ServerProcess, gateways: Gateways
 ) -> None:
-    import_mall(server_process)
-    gateway = gateways(server_process.base_url, enrollment_token=enrollment_token(server_process))
-    gateway.start()
-    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    gateway = connected_gateway(server_process, gateways)
     with admin(server_process) as client:
         response = client.post(f"/api/admin/orchestrators/{ENTITY}/gw-1/disable")
         assert response.status_code == 200, response.text
@@ -227,10 +230,7 @@ def test_a_disabled_gateway_stops_its_uplink_and_keeps_serving(
 def test_tasks_from_the_server_reach_a_robot_tower_over_grpc(
     server_process: ServerProcess, gateways: Gateways
 ) -> None:
-    import_mall(server_process)
-    gateway = gateways(server_process.base_url, enrollment_token=enrollment_token(server_process))
-    gateway.start()
-    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    gateway = connected_gateway(server_process, gateways)
     with grpc.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = task_pb2_grpc.OrchestratorServiceStub(channel)
         robot = task_pb2.RobotInfo(
@@ -415,10 +415,7 @@ def test_an_assigned_release_is_cached_verified_and_served(
 def test_heartbeats_carry_metrics_and_commands_are_run_once(
     server_process: ServerProcess, gateways: Gateways
 ) -> None:
-    import_mall(server_process)
-    gateway = gateways(server_process.base_url, enrollment_token=enrollment_token(server_process))
-    gateway.start()
-    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    gateway = connected_gateway(server_process, gateways)
     path = f"/api/admin/orchestrators/{ENTITY}/gw-1"
     with admin(server_process) as client:
         command = client.post(f"{path}/commands", json={"type": "resync"})
@@ -448,10 +445,7 @@ def test_heartbeats_carry_metrics_and_commands_are_run_once(
 def test_a_restart_command_ends_the_process_for_systemd_to_restart(
     server_process: ServerProcess, gateways: Gateways
 ) -> None:
-    import_mall(server_process)
-    gateway = gateways(server_process.base_url, enrollment_token=enrollment_token(server_process))
-    gateway.start()
-    gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    gateway = connected_gateway(server_process, gateways)
     with admin(server_process) as client:
         path = f"/api/admin/orchestrators/{ENTITY}/gw-1/commands"
         assert client.post(path, json={"type": "restart"}).status_code == 201
