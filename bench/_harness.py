@@ -261,7 +261,7 @@ def median(values: Sequence[float]) -> float:
 @dataclass(frozen=True, slots=True)
 class Figure:
     """One measured figure, with its target if it has one: ``goal`` marks the targets set by
-    issues 3 and 4; the other targets are checks that the run itself went right."""
+    issues 3, 4 and 5; the other targets are checks that the run itself went right."""
 
     benchmark: str
     measure: str

@@ -4,7 +4,6 @@
 
 import os
 import sys
-import time
 
 import _sim
 
@@ -42,11 +41,15 @@ def freq(hz=None):
 
 
 def idle():
-    time.sleep_ms(1)
+    import bluetooth
+
+    bluetooth.poll(1)
 
 
 def lightsleep(ms=None):
-    time.sleep_ms(ms or 0)
+    import _simtime
+
+    _simtime.sleep_ms(ms or 0)
 
 
 class WDT:

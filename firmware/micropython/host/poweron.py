@@ -11,15 +11,13 @@ import _sim
 
 _sim.open_channel()
 
+import _simtime
 import esp32
 import machine  # noqa: F401 - imported before the app: the shim must be loaded from the host
+import network  # noqa: F401 - loaded before the app: the shims come from the host
 import vfs
 
-for _name in ("network", "bluetooth"):
-    try:
-        __import__(_name)
-    except ImportError:
-        pass
+sys.modules["time"] = _simtime  # sleeping lets BLE IRQs in (host/_simtime.py)
 
 BRICK_EXIT = 70
 

@@ -21,6 +21,7 @@ REPORT_EVERY_MS = 30000
 RETRY_MIN_MS = 2000
 RETRY_MAX_MS = 60000
 TICK_MS = 100
+BUSY_TICK_MS = 5  # while a BLE transfer runs
 
 _OTA_CODES = {
     "idle": adv.IDLE,
@@ -89,6 +90,7 @@ class Status:
                 self.advertiser.refresh()
 
     def report(self):
+        gc.collect()
         versions = ota.installed()
         return {
             "beacon_id": self.cfg.beacon_id,
@@ -147,6 +149,21 @@ def _fail(status, kind, manifest_sha256, exc):
     status.set_ota("failed")
 
 
+def reset_soon(ms=200):
+    time.sleep_ms(ms)
+    machine.reset()
+
+
+def _commit(status, advertiser, trial, info):
+    # The health check passed (advertising, and a check-in over WiFi or BLE): keep the update.
+    ota.commit(trial, info)
+    print("update committed:", trial, info.get("version"))
+    status.trial = None
+    status.set_ota("idle")
+    advertiser.refresh()
+    return None
+
+
 def main():
     cfg = load_config()
     status = Status(cfg)
@@ -163,21 +180,41 @@ def main():
     advertiser.start()
     wdt = machine.WDT(timeout=WDT_MS)
     print("navign app", navign.APP_VERSION, "trial" if trial else "", cfg.beacon_id)
+    gatt = None
+    if advertiser.up:
+        try:
+            from navign.gatt import Gatt
 
-    from navign.wifi import WiFi, reset_soon
+            gatt = Gatt(advertiser.ble, cfg, status)
+        except Exception as exc:  # without GATT the beacon still advertises and uses WiFi
+            print("GATT failed:", exc)
 
-    wifi = WiFi(cfg, status, wdt)
+    wifi = None
+    if cfg.wifi is not None:
+        from navign.wifi import WiFi
+
+        wifi = WiFi(cfg, status, wdt)
     health_deadline = time.ticks_add(time.ticks_ms(), cfg.health_timeout_s * 1000)
     next_report = time.ticks_ms()
     retry = RETRY_MIN_MS
     refused = {}  # firmware id -> reason, for this boot
     while True:
         wdt.feed()
+        busy = False
+        if gatt is not None:
+            busy = gatt.process()
+            if gatt.reset_due:
+                print("update installed over BLE, resetting")
+                reset_soon()
+            if trial and gatt.checked_in and advertiser.up:
+                trial = _commit(status, advertiser, trial, trial_info)
+                gatt.refresh_info()
+                next_report = time.ticks_ms()
         now = time.ticks_ms()
         if trial and time.ticks_diff(now, health_deadline) >= 0:
             print("health check failed: no check-in with the gateway in time")
             machine.reset()
-        if time.ticks_diff(now, next_report) >= 0:
+        if wifi is not None and not busy and time.ticks_diff(now, next_report) >= 0:
             try:
                 if not wifi.connect():
                     raise NavignError("wifi", "not connected")
@@ -187,15 +224,17 @@ def main():
                 retry = RETRY_MIN_MS
                 next_report = time.ticks_add(time.ticks_ms(), REPORT_EVERY_MS)
                 if trial and advertiser.up:
-                    ota.commit(trial, trial_info)
-                    print("update committed:", trial, trial_info.get("version"))
-                    trial = status.trial = None
-                    status.set_ota("idle")
-                    advertiser.refresh()
+                    trial = _commit(status, advertiser, trial, trial_info)
                     next_report = time.ticks_ms()  # tell the gateway at once
                     continue
                 assignment = answer.get("assignment")
-                if assignment and not trial and assignment.get("firmware_id") not in refused:
+                if (
+                    assignment
+                    and not trial
+                    and not (gatt and gatt.busy())
+                    and assignment.get("firmware_id") not in refused
+                    and not ota.is_installed(assignment.get("manifest_sha256"))
+                ):
                     firmware_id = assignment.get("firmware_id")
                     expected = assignment.get("manifest_sha256")
                     try:
@@ -220,4 +259,4 @@ def main():
                 next_report = time.ticks_add(time.ticks_ms(), retry)
                 retry = min(retry * 2, RETRY_MAX_MS)
                 print("gateway:", exc)
-        time.sleep_ms(TICK_MS)
+        time.sleep_ms(BUSY_TICK_MS if busy else TICK_MS)

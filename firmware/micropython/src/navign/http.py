@@ -47,19 +47,21 @@ class Response:
         return n
 
     def read_all(self, limit):
-        # The whole body as bytes, refused when longer than `limit`.
+        # The whole body (a bytearray of exactly Content-Length bytes, read in place), refused
+        # when longer than `limit` or of unknown length.
+        if self.length < 0:
+            raise HTTPError("bad_response", "no Content-Length")
         if self.length > limit:
             raise HTTPError("too_large", "%d bytes" % self.length)
-        out = bytearray()
-        buf = bytearray(min(1024, limit + 1))
-        while True:
-            n = self.readinto(buf)
+        out = bytearray(self.length)
+        view = memoryview(out)
+        got = 0
+        while got < self.length:
+            n = self.readinto(view[got:])
             if not n:
-                break
-            out.extend(memoryview(buf)[:n])
-            if len(out) > limit:
-                raise HTTPError("too_large", "over %d bytes" % limit)
-        return bytes(out)
+                raise HTTPError("truncated", "the body ended early")
+            got += n
+        return out
 
     def close(self):
         if self.sock is not None:

@@ -13,7 +13,6 @@
 # sinks (appupdate, imageupdate) are imported when an update comes and unloaded after it, so the
 # beacon's steady state leaves the heap to the radio and the network.
 import gc
-import sys
 
 import esp32
 
@@ -26,18 +25,10 @@ BOOT_STATE = "/ota/boot.json"  # boot.py's: the app slots (see src/boot.py)
 IMAGE_STATE = "/ota/image.json"  # imageupdate's: a download, then the image on trial
 ENVELOPE_LIMIT = 16384  # a beacon's heap: manifests of ~100 files fit, 64 KiB envelopes do not
 APP_DESC = 32  # offset of esp_app_desc_t in an ESP-IDF app image
-_VERIFIER = ("release", "jcs", "p256", "semver")
+_VERIFIER = ("dsse", "release", "jcs", "p256", "semver")
 
 
-def unload(names):
-    # Forget modules of the navign package so that their code can be collected.
-    for name in names:
-        sys.modules.pop("navign." + name, None)
-        try:
-            delattr(navign, name)
-        except AttributeError:
-            pass
-    gc.collect()
+unload = navign.unload
 
 
 def boot_state():
@@ -97,6 +88,14 @@ def installed():
         "app": boot.get("version") or navign.APP_VERSION,
         "firmware": firmware_version() or "0.0.0",
     }
+
+
+def is_installed(manifest_sha256):
+    # True when this release is what runs (app or image), committed or on trial.
+    return bool(manifest_sha256) and manifest_sha256 in (
+        boot_state().get("manifest_sha256"),
+        image_state().get("manifest_sha256"),
+    )
 
 
 def secure_floor(cfg):
@@ -215,24 +214,43 @@ def open_release(envelope, cfg, now=None):
         raise Refused("too_large", "envelope over %d bytes" % ENVELOPE_LIMIT)
     if not cfg.release_keys:
         raise Refused("no_keys", "this beacon has no release keys")
+    # The envelope's shape (the JSON parser), then the signatures (P-256), then the manifest
+    # (the parser again, and the schema): each part of the verifier is loaded for its step and
+    # unloaded after it, so that the beacon's heap holds one part at a time beside the app.
     gc.collect()
-    from navign import release
-
+    stage = "shape"
     try:
+        from navign import dsse
+
+        payload, entries = dsse.shape(envelope)  # loads navign.jcs
+        unload(("jcs",))
+        stage = "signatures"
         trusted = {}
         for point in cfg.release_keys:
-            trusted[release.keyid(point)] = point
-        manifest, _payload, manifest_sha256 = release.open_envelope(
-            envelope, trusted, cfg.release_threshold
-        )
-        del _payload
+            trusted[dsse.keyid(point)] = point
+        dsse.check_signatures(payload, entries, trusted, cfg.release_threshold)  # navign.p256
+        dsse = trusted = entries = None
+        unload(("dsse", "p256"))
+        stage = "manifest"
+        from navign import release
+
+        manifest, payload, manifest_sha256 = release.parse_manifest(payload)  # loads navign.jcs
+        payload = None
+        unload(("jcs",))
+        stage = "policy"
         current = installed()
         version = current["app"] if manifest["kind"] == "app" else current["firmware"]
         release.check_installable(
             manifest, cfg.chip, version, secure_floor(cfg), now=now, time_floor=time_floor()
         )
+    except MemoryError:
+        dsse = release = payload = entries = trusted = None
+        unload(_VERIFIER)
+        # On the console: where a release did not fit, and what was free after it.
+        print("out of memory verifying the release:", stage, "free", gc.mem_free())
+        raise Refused("too_large", "the release does not fit in memory (%s)" % stage)
     finally:
-        release = None
+        dsse = release = None
         unload(_VERIFIER)
     raise_floors(created_at=manifest["created_at"])
     return manifest, manifest_sha256

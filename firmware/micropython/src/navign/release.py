@@ -33,6 +33,7 @@
 #   goes back below a release the operator has signed. A release expires when the effective
 #   time >= expires_at. With neither `now` nor `time_floor`, expiry cannot be checked and is
 #   skipped (the signature, target, version and secure_version rules still hold).
+# (navign.dsse holds steps 1-2; navign.artifact the artifact checks below)
 # verify_file(path, size, sha256_hex, buf=None)
 #   Hash a file in chunks of at most 4096 bytes read into `buf` (a pre-allocated bytearray, a
 #   shared module buffer by default); Refused("artifact_mismatch") if it is missing, of another
@@ -52,31 +53,21 @@
 # strptime accept other Unicode digits); nesting deeper than 32 levels is refused.
 
 import binascii
-import gc
 import hashlib
 import time
 
 from micropython import const
 
-from navign import jcs, p256, semver
+from navign import semver
 from navign.errors import Refused
 
 SCHEMA = "navign.release.v1"
-PAYLOAD_TYPE = "application/vnd.navign.release-manifest+json"
-MAX_ENVELOPE_BYTES = const(65536)
-MAX_SIGNATURES = const(8)
 MAX_FILES = const(256)
 MAX_ARTIFACT_BYTES = const(16777216)
 MAX_SECURE_VERSION = 0xFFFFFFFF
 MAX_PATH_LENGTH = const(128)
-CHUNK = const(4096)
 TARGETS = ("esp32", "esp32c3", "esp32c6", "esp32s3")
 KINDS = ("app", "image")
-
-#: DER prefix of a P-256 SubjectPublicKeyInfo; the 65-byte point follows it.
-SPKI_PREFIX = binascii.unhexlify("3059301306072a8648ce3d020106082a8648ce3d030107034200")
-#: The PAE (§6.3) up to the payload's length: "DSSEv1" SP len(type) SP type SP.
-_PAE_PREFIX = ("DSSEv1 %d %s " % (len(PAYLOAD_TYPE), PAYLOAD_TYPE)).encode()
 
 _FIELDS = (
     "schema",
@@ -92,130 +83,12 @@ _FIELDS = (
     "expires_at",
 )
 _REQUIRED = ("schema", "name", "version", "secure_version", "target", "kind", "created_at")
-_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _LOWER_HEX = "0123456789abcdef"
 _NAME_FIRST = "abcdefghijklmnopqrstuvwxyz0123456789"
 _NAME_REST = _NAME_FIRST + "._-"
 _PART_FIRST = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
 _PART_REST = _PART_FIRST + ".-"
 _DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-_buf = None
-
-
-def keyid(point):
-    h = hashlib.sha256(SPKI_PREFIX)
-    h.update(point)
-    return binascii.hexlify(h.digest()).decode()
-
-
-# ---- step 1: envelope shape ---------------------------------------------------------------
-
-
-def _b64decode(value, what):
-    # Standard alphabet, padded: groups of 4 characters, "=" only to pad the last group. value is
-    # a str or a memoryview (jcs.parse's views) of UTF-8: checked as bytes, so no character
-    # outside the alphabet passes.
-    if isinstance(value, str):
-        value = memoryview(value)
-    elif not isinstance(value, memoryview):
-        raise Refused("invalid_format", what + " must be a base64 string")
-    n = len(value)
-    if n % 4:
-        raise Refused("invalid_format", what + " is not padded base64")
-    if not n:
-        return b""
-    pad = 2 if value[n - 2] == 0x3D else (1 if value[n - 1] == 0x3D else 0)
-    if pad == 2 and value[n - 1] != 0x3D:
-        raise Refused("invalid_format", what + " is not valid base64")
-    for c in value[n - 4 : n - pad]:
-        if c not in _B64:
-            raise Refused("invalid_format", what + " is not valid base64")
-    try:
-        data = binascii.a2b_base64(value)
-    except ValueError:
-        raise Refused("invalid_format", what + " is not valid base64") from None
-    if len(data) != (n - pad) * 3 // 4:
-        raise Refused("invalid_format", what + " is not valid base64")
-    # Every group before the last must be of the alphabet only, and MicroPython's decoder skips
-    # other characters: re-encode and compare, 256 characters at a time (the last group may
-    # have non-zero padding bits, which CPython accepts too).
-    dv = memoryview(data)
-    full = (n - 4) * 3 // 4
-    for off in range(0, full, 192):
-        end = min(off + 192, full)
-        if binascii.b2a_base64(dv[off:end], newline=False) != value[off * 4 // 3 : end * 4 // 3]:
-            raise Refused("invalid_format", what + " is not valid base64")
-    return data
-
-
-def _shape(data):
-    if not isinstance(data, (bytes, bytearray)):
-        raise TypeError("envelope must be bytes")
-    if len(data) > MAX_ENVELOPE_BYTES:
-        raise Refused("invalid_format", "envelope larger than 65536 bytes")
-    try:
-        # The payload (the one long string) stays a view of data, not a copy.
-        env = jcs.parse(data, 128)
-    except ValueError as exc:
-        raise Refused("invalid_format", "envelope: " + str(exc)) from None
-    if (
-        not isinstance(env, dict)
-        or len(env) != 3
-        or "payloadType" not in env
-        or "payload" not in env
-        or "signatures" not in env
-    ):
-        raise Refused(
-            "invalid_format", "envelope must have exactly payloadType, payload, signatures"
-        )
-    if env["payloadType"] != PAYLOAD_TYPE:
-        raise Refused("invalid_format", "payloadType must be " + PAYLOAD_TYPE)
-    payload = _b64decode(env["payload"], "payload")
-    env["payload"] = None  # the view
-    sigs = env["signatures"]
-    if not isinstance(sigs, list) or not 1 <= len(sigs) <= MAX_SIGNATURES:
-        raise Refused("invalid_format", "signatures must be a list of 1 to 8")
-    entries = []
-    for entry in sigs:
-        if (
-            not isinstance(entry, dict)
-            or len(entry) != 2
-            or "keyid" not in entry
-            or "sig" not in entry
-        ):
-            raise Refused("invalid_format", "each signature must have exactly keyid and sig")
-        entries.append((entry["keyid"], _b64decode(entry["sig"], "sig")))
-    return payload, entries
-
-
-# ---- step 2: signatures -------------------------------------------------------------------
-
-
-def _pae_digest(payload):
-    h = hashlib.sha256(_PAE_PREFIX)
-    h.update(b"%d " % len(payload))
-    h.update(payload)
-    return h.digest()
-
-
-def _signatures(payload, entries, trusted, threshold):
-    digest = _pae_digest(payload)
-    valid = []
-    for kid, sig in entries:
-        if len(valid) >= threshold:
-            break
-        if not isinstance(kid, str) or kid in valid:
-            continue
-        point = trusted.get(kid)
-        if point is not None and p256.verify(point, digest, sig):
-            valid.append(kid)
-    if len(valid) < threshold:
-        raise Refused(
-            "invalid_signature",
-            "%d valid signature(s) by trusted release keys, %d required" % (len(valid), threshold),
-        )
-
 
 # ---- step 4: schema -----------------------------------------------------------------------
 
@@ -362,22 +235,34 @@ def _schema(m):
 # ---- steps 1-4 ----------------------------------------------------------------------------
 
 
+def keyid(point):
+    from navign import dsse
+
+    return dsse.keyid(point)
+
+
 def open_envelope(data, trusted, threshold=1):
     if threshold < 1:
         raise ValueError("threshold must be at least 1")
+    import navign
+    from navign import dsse
+
     try:
-        return _open(data, trusted, threshold)
+        payload = dsse.verify(data, trusted, threshold)
+        # The signature code is not needed any more; and the manifest outlives this call:
+        # collect the verification's temporaries first, so that it is built in the lowest free
+        # blocks instead of splitting the free heap.
+        dsse = None
+        navign.unload(("dsse", "p256"))
+        return parse_manifest(payload)
     except MemoryError:
         raise Refused("too_large", "the envelope does not fit in memory") from None
 
 
-def _open(data, trusted, threshold):
-    payload, entries = _shape(data)
-    _signatures(payload, entries, trusted, threshold)
-    entries = None
-    # The manifest outlives this call: collect the verification's temporaries first, so that
-    # it is built in the lowest free blocks instead of splitting the free heap.
-    gc.collect()
+def parse_manifest(payload):
+    # Steps 3-4 on verified payload bytes: (manifest, payload, manifest_sha256).
+    from navign import jcs
+
     try:
         doc = jcs.parse(payload)
     except ValueError as exc:
@@ -432,70 +317,3 @@ def check_installable(manifest, chip, version, secure_version, now=None, time_fl
                 moment = t
     if expires is not None and moment is not None and moment >= expires:
         raise Refused("expired", "release expired at " + expires)
-
-
-# ---- step 6: artifacts --------------------------------------------------------------------
-
-
-class Sha256Stream:
-    def __init__(self, size, sha256_hex, name=""):
-        self.size = size
-        self.sha256 = sha256_hex
-        self.name = name
-        self.count = 0
-        self._h = hashlib.sha256()
-
-    def update(self, chunk):
-        self.count += len(chunk)
-        if self.count > self.size:
-            raise Refused(
-                "artifact_mismatch",
-                "%s: longer than the manifest's %d bytes" % (self.name, self.size),
-            )
-        self._h.update(chunk)
-
-    def finish(self):
-        if self.count != self.size:
-            raise Refused(
-                "artifact_mismatch",
-                "%s: size %d, manifest says %d" % (self.name, self.count, self.size),
-            )
-        if binascii.hexlify(self._h.digest()).decode() != self.sha256:
-            raise Refused("artifact_mismatch", self.name + ": SHA-256 does not match the manifest")
-
-
-def verify_file(path, size, sha256_hex, buf=None):
-    global _buf
-    if buf is None:
-        if _buf is None:
-            _buf = bytearray(CHUNK)
-        buf = _buf
-    view = memoryview(buf)
-    if len(view) > CHUNK:
-        view = view[:CHUNK]
-    stream = Sha256Stream(size, sha256_hex, path)
-    try:
-        f = open(path, "rb")
-    except OSError:
-        raise Refused("artifact_mismatch", path + ": missing") from None
-    try:
-        while True:
-            n = f.readinto(view)
-            if not n:
-                break
-            stream.update(view[:n])
-    finally:
-        f.close()
-    stream.finish()
-
-
-def app_file_spans(manifest):
-    files = manifest.get("files")
-    if manifest.get("kind") != "app" or not files:
-        raise ValueError("not an app release")
-    spans = []
-    offset = 0
-    for f in files:
-        spans.append((f["path"], offset, f["size"], f["sha256"]))
-        offset += f["size"]
-    return spans

@@ -5,7 +5,6 @@
 import json
 import time
 
-import machine
 import network
 
 from navign import http, ota
@@ -23,7 +22,7 @@ class WiFi:
         self.wdt = wdt
         self.wlan = None
         self.gateway = None  # (host, port)
-        self.buf = bytearray(CHUNK)
+        self.buf = None  # CHUNK bytes, only while installing
 
     def _feed(self):
         if self.wdt is not None:
@@ -75,7 +74,7 @@ class WiFi:
         try:
             if resp.status != 200:
                 raise NavignError("gateway", "report: HTTP %d" % resp.status)
-            answer = json.loads(resp.read_all(REPORT_LIMIT))
+            answer = json.loads(bytes(resp.read_all(REPORT_LIMIT)))
         except ValueError:
             raise NavignError("gateway", "report: not JSON")
         finally:
@@ -108,6 +107,7 @@ class WiFi:
         if expected_sha256 and expected_sha256 != manifest_sha256:
             raise Refused("manifest_mismatch", "not the release the gateway assigned")
         self.status.set_ota("receiving")
+        self.buf = bytearray(CHUNK)
         sink = ota.sink_for(manifest, manifest_sha256, self.cfg, self.buf)
         try:
             self._download(firmware_id, sink)
@@ -115,6 +115,7 @@ class WiFi:
             ota.finish(sink)
         finally:
             sink.abort()
+            self.buf = None
         return manifest
 
     def _download(self, firmware_id, sink, attempts=5):
@@ -157,8 +158,3 @@ class WiFi:
             finally:
                 resp.close()
         raise NavignError("gateway", "artifact: gave up after %d attempts" % attempts)
-
-
-def reset_soon(ms=200):
-    time.sleep_ms(ms)
-    machine.reset()

@@ -8,7 +8,8 @@ harness enforces the watchdog: a board that started ``machine.WDT`` and does not
 is killed and rebooted with reset cause ``wdt``. A power cut is ``SIGKILL`` at any moment:
 every flash write that completed is in the flash file, nothing else.
 
-Public: :class:`SimBeacon`, :class:`Boot`, :data:`RESET_EXIT`, :data:`BRICK_EXIT`.
+Public: :class:`SimBeacon`, :class:`Running`, :class:`Boot`, :data:`RESET_EXIT`,
+:data:`BRICK_EXIT`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +68,12 @@ class Boot:
         return str(boots[0]["partition"]) if boots else None
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class SimBeacon:
     """One simulated board in ``workdir`` (its flash file and logs)."""
 
@@ -84,6 +93,8 @@ class SimBeacon:
         self.uid = uid
         self.app_heap = app_heap
         self.env = dict(env or {})
+        #: The loopback port of the board's GATT server (host/bluetooth.py), kept across boots.
+        self.ble_port = _free_port()
         self.flash_path = workdir / "flash.bin"
         self.log_path = workdir / "console.log"
         self.boots: list[Boot] = []
@@ -151,6 +162,7 @@ class SimBeacon:
             NAVIGN_SIM_FLASH=str(self.flash_path),
             NAVIGN_SIM_CHIP=self.chip,
             NAVIGN_SIM_UID=self.uid,
+            NAVIGN_SIM_BLE_PORT=str(self.ble_port),
         )
         if extra:
             env.update(extra)
@@ -165,7 +177,7 @@ class SimBeacon:
         cut_after: float | None = None,
     ) -> Boot:
         """One power-on, until the board resets or halts, ``until(event)`` is true (the power is
-        then cut; ``until`` also sees ``{"ev": "tick"}`` about every 0.5 s without events),
+        then cut; ``until`` also sees ``{"ev": "tick"}`` about every 0.25 s),
         ``cut_after`` seconds pass (a power cut), or ``timeout`` (also cut)."""
         boot = Boot()
         read_fd, write_fd = os.pipe()
@@ -190,6 +202,7 @@ class SimBeacon:
         os.close(write_fd)
         wdt_timeout: float | None = None
         last_feed = started
+        last_tick = started
         buffer = b""
         try:
             while True:
@@ -200,7 +213,14 @@ class SimBeacon:
                 if wdt_timeout is not None:
                     deadline = min(deadline, last_feed + wdt_timeout)
                 wait = max(0.0, deadline - now)
-                ready, _, _ = select.select([read_fd], [], [], min(wait, 0.5))
+                ready, _, _ = select.select([read_fd], [], [], min(wait, 0.25))
+                if until is not None and time.monotonic() - last_tick >= 0.25:
+                    # Conditions outside the board (what a gateway received, a test's stop
+                    # request) are checked between its events too.
+                    last_tick = time.monotonic()
+                    if until({"ev": "tick"}):
+                        boot.end = "stopped"
+                        break
                 if ready:
                     chunk = os.read(read_fd, 65536)
                     if not chunk:  # the board's side closed: it ended
@@ -225,11 +245,6 @@ class SimBeacon:
                     if boot.end:
                         break
                     continue
-                if until is not None and until({"ev": "tick"}):
-                    # Conditions outside the board (what a gateway received) are checked
-                    # between its events too.
-                    boot.end = "stopped"
-                    break
                 now = time.monotonic()
                 if wdt_timeout is not None and now >= last_feed + wdt_timeout:
                     boot.end = "wdt"
@@ -260,6 +275,10 @@ class SimBeacon:
             return "brick"
         return "exit"
 
+    def start(self, *, timeout: float = 120.0) -> Running:
+        """Power on in the background; see :class:`Running`."""
+        return Running(self, timeout)
+
     def run(
         self,
         *,
@@ -285,3 +304,62 @@ class SimBeacon:
                     f"the board stopped: {boot.end} (code {boot.code}); see {self.log_path}"
                 )
         raise TimeoutError(f"not reached after {len(boots)} boots; see {self.log_path}")
+
+
+class Running:
+    """A power-on running in a background thread (:meth:`SimBeacon.start`), so a test can
+    drive the board (over BLE, say) while it runs."""
+
+    def __init__(self, board: SimBeacon, timeout: float) -> None:
+        self.board = board
+        self.events: list[Event] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self.boot: Boot | None = None
+        self._thread = threading.Thread(target=self._run, args=(timeout,), daemon=True)
+        self._thread.start()
+
+    def _run(self, timeout: float) -> None:
+        def until(event: Event) -> bool:
+            if event["ev"] != "tick":
+                with self._cond:
+                    self.events.append(event)
+                    self._cond.notify_all()
+            return self._stop.is_set()
+
+        try:
+            self.boot = self.board.power_on(timeout=timeout, until=until)
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 30.0) -> Event:
+        """The first event (seen so far or to come) matching ``predicate``; raises
+        TimeoutError, or RuntimeError when the power-on ended without one."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for event in self.events[seen:]:
+                    if predicate(event):
+                        return event
+                seen = len(self.events)
+                if not self._thread.is_alive():
+                    end = self.boot.end if self.boot else "?"
+                    raise RuntimeError(f"the board's power-on ended ({end}) first")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no such event from the board")
+                self._cond.wait(min(left, 0.5))
+
+    def join(self, timeout: float = 60.0) -> Boot:
+        """Wait until the power-on ends by itself (a reset, say)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive() or self.boot is None:
+            raise TimeoutError("the board is still running")
+        return self.boot
+
+    def stop(self) -> Boot:
+        """Cut the power now (if it still runs) and return the boot."""
+        self._stop.set()
+        return self.join()

@@ -19,6 +19,7 @@ import json
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -148,6 +149,8 @@ class Faults:
     cuts: int = 0
     ignore_range: bool = False
     report_status: int = 200
+    #: Artifact bytes per second (None: as fast as loopback goes), like a slow WiFi link.
+    rate: float | None = None
 
 
 @dataclass
@@ -223,8 +226,15 @@ class BeaconGateway:
                         cut = state.faults.cut_after
                         state.faults.cuts -= 1
                 self.close_connection = True
+                if cut is not None:
+                    body = body[:cut]
+                rate = state.faults.rate
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body if cut is None else body[:cut])
+                    step = 4096
+                    for i in range(0, len(body), step):
+                        self.wfile.write(body[i : i + step])
+                        if rate:
+                            time.sleep(step / rate)
 
             def do_POST(self) -> None:
                 parts = self.path.strip("/").split("/")
