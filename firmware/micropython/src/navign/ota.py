@@ -25,7 +25,7 @@ BOOT_STATE = "/ota/boot.json"  # boot.py's: the app slots (see src/boot.py)
 IMAGE_STATE = "/ota/image.json"  # imageupdate's: a download, then the image on trial
 ENVELOPE_LIMIT = 16384  # a beacon's heap: manifests of ~100 files fit, 64 KiB envelopes do not
 APP_DESC = 32  # offset of esp_app_desc_t in an ESP-IDF app image
-_VERIFIER = ("dsse", "release", "jcs", "p256", "semver")
+_VERIFIER = ("dsse", "release", "schema", "jcs", "p256", "semver")
 
 
 unload = navign.unload
@@ -214,8 +214,8 @@ def open_release(envelope, cfg, now=None):
         raise Refused("too_large", "envelope over %d bytes" % ENVELOPE_LIMIT)
     if not cfg.release_keys:
         raise Refused("no_keys", "this beacon has no release keys")
-    # The envelope's shape (the JSON parser), then the signatures (P-256), then the manifest
-    # (the parser again, and the schema): each part of the verifier is loaded for its step and
+    # The envelope's shape (the JSON parser), the signatures (P-256), the manifest (the parser
+    # again), its schema, the policy: each part of the verifier is loaded for its step and
     # unloaded after it, so that the beacon's heap holds one part at a time beside the app.
     gc.collect()
     stage = "shape"
@@ -234,9 +234,15 @@ def open_release(envelope, cfg, now=None):
         stage = "manifest"
         from navign import release
 
-        manifest, payload, manifest_sha256 = release.parse_manifest(payload)  # loads navign.jcs
+        manifest, payload, manifest_sha256 = release.parse_manifest(payload, check_schema=False)
         payload = None
         unload(("jcs",))
+        stage = "schema"
+        from navign import schema
+
+        schema.check(manifest)
+        schema = None
+        unload(("schema",))
         stage = "policy"
         current = installed()
         version = current["app"] if manifest["kind"] == "app" else current["firmware"]
@@ -244,13 +250,13 @@ def open_release(envelope, cfg, now=None):
             manifest, cfg.chip, version, secure_floor(cfg), now=now, time_floor=time_floor()
         )
     except MemoryError:
-        dsse = release = payload = entries = trusted = None
+        dsse = release = schema = payload = entries = trusted = None
         unload(_VERIFIER)
         # On the console: where a release did not fit, and what was free after it.
         print("out of memory verifying the release:", stage, "free", gc.mem_free())
         raise Refused("too_large", "the release does not fit in memory (%s)" % stage)
     finally:
-        dsse = release = None
+        dsse = release = schema = None
         unload(_VERIFIER)
     raise_floors(created_at=manifest["created_at"])
     return manifest, manifest_sha256

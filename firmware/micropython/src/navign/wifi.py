@@ -55,6 +55,8 @@ class WiFi:
         except ImportError:
             return None
         found = mdns.discover(SERVICE, feed=self._feed)
+        mdns = None
+        ota.unload(("mdns",))  # needed again only if the gateway moves
         if found:
             self.gateway = found
         return self.gateway
