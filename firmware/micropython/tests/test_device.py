@@ -32,6 +32,18 @@ def reported(gateway: BeaconGateway, **want: Any) -> Callable[[Event], bool]:
     return check
 
 
+def rolled_back_once(gateway: BeaconGateway) -> Callable[[Event], bool]:
+    """``until``: the update was installed once (then no longer offered) and the beacon reports
+    that it went back to 1.0.0 by itself."""
+
+    def check(event: Event) -> bool:
+        if reported(gateway, result_outcome="installed")(event):
+            gateway.assign(BEACON_ID, None)  # one attempt: do not offer it again
+        return reported(gateway, app_version="1.0.0", result_outcome="rolled_back")(event)
+
+    return check
+
+
 def _field(report: dict[str, Any], key: str) -> Any:
     if key.startswith("result_"):
         result = report.get("result") or {}
@@ -103,12 +115,7 @@ def test_an_app_that_crashes_on_trial_is_rolled_back_by_boot_py(
     gateway.assign(BEACON_ID, broken)
     board = make_beacon(beacon_config(gateway.port))
 
-    def rolled_back(event: Event) -> bool:
-        if reported(gateway, result_outcome="installed")(event):
-            gateway.assign(BEACON_ID, None)  # one attempt: do not offer it again
-        return reported(gateway, app_version="1.0.0", result_outcome="rolled_back")(event)
-
-    boots = board.run(until=rolled_back, max_boots=8, timeout=180)
+    boots = board.run(until=rolled_back_once(gateway), max_boots=8, timeout=180)
     # install → 3 trial boots that crash → back on 1.0.0 by itself.
     assert [b.end for b in boots] == ["reset", "reset", "reset", "reset", "stopped"], [
         b.end for b in boots
@@ -200,3 +207,23 @@ def test_an_interrupted_download_resumes_with_range(
     offsets = [int(r.removeprefix("bytes=").rstrip("-")) for r in ranges[1:] if r]
     assert offsets == sorted(offsets)
     assert offsets[0] > 0
+
+
+def test_an_app_that_hangs_on_trial_is_reset_by_the_watchdog_and_rolled_back(
+    make_beacon: MakeBeacon, gateway: BeaconGateway
+) -> None:
+    # The new app starts the watchdog and then never feeds it (a hang in its main loop).
+    hang = (
+        b"import machine\n\n"
+        b"def main():\n    machine.WDT(timeout=1500)\n    while True:\n        pass\n"
+    )
+    release = app_release("1.1.0", patch={"navign/app.py": hang})
+    gateway.publish(release)
+    gateway.assign(BEACON_ID, release)
+    board = make_beacon(beacon_config(gateway.port))
+
+    boots = board.run(until=rolled_back_once(gateway), max_boots=8, timeout=180)
+    ends = [b.end for b in boots]
+    assert ends[0] == "reset"  # installed, then restarted into the trial
+    assert ends[1:4] == ["wdt", "wdt", "wdt"]  # three trial boots, each ended by the watchdog
+    assert json.loads(board.read("/ota/boot.json"))["rolled_back"]["reason"] == "trial_failed"

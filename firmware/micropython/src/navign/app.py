@@ -33,29 +33,6 @@ _OTA_CODES = {
 }
 
 
-_CONFIG_FIELDS = (
-    "beacon_id",
-    "entity_uuid",
-    "uuid_bytes",
-    "major",
-    "minor",
-    "measured_power",
-    "tx_power",
-    "adv_interval_ms",
-    "chip",
-    "wifi",
-    "gateway",
-    "release_keys",
-    "release_threshold",
-    "secure_version",
-    "trial_boots",
-    "health_timeout_s",
-    "errors",
-    "fallback",
-    "can_update",
-)
-
-
 class Settings:
     # The loaded configuration as plain attributes, so that navign.config (its validators are
     # a tenth of the heap) can be unloaded once it has run.
@@ -67,8 +44,9 @@ def load_config():
 
     cfg = config.load("/config.json", machine.unique_id())
     settings = Settings()
-    for name in _CONFIG_FIELDS:
-        setattr(settings, name, getattr(cfg, name))
+    for name in dir(cfg):
+        if not name.startswith("_"):
+            setattr(settings, name, getattr(cfg, name))
     config = cfg = None
     ota.unload(("config",))
     return settings
