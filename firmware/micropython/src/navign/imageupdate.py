@@ -38,9 +38,9 @@ class ImageSink:
         if self.size > self.part.info()[3]:
             raise Refused("too_large", "the image does not fit the OTA partition")
         self.total = self.size
-        self.block = bytearray(BLOCK)
-        self.fill = 0  # bytes in self.block
-        self.blocks = 0  # blocks written
+        # Only for re-reading the flash (resume, read-back): writes go straight from the
+        # caller's data, each block erased just before its first byte is written.
+        self.buf = buf or bytearray(1024)
         self.hash = hashlib.sha256()
         self.offset = 0
         if (
@@ -50,17 +50,23 @@ class ImageSink:
             and current["offset"] % BLOCK == 0
         ):
             # Resume: re-hash what the partition holds up to the recorded offset.
-            done = current["offset"]
-            for i in range(done // BLOCK):
-                self.part.readblocks(i, self.block)
-                self.hash.update(self.block)
-            self.blocks = done // BLOCK
-            self.offset = done
+            self._rehash(current["offset"], self.hash)
+            self.offset = current["offset"]
         else:
             fs.makedirs("/ota")
             fs.write_json(
                 STATE, {"download": manifest_sha256, "partition": self.label, "offset": 0}
             )
+
+    def _rehash(self, length, h):
+        buf = self.buf
+        pos = 0
+        while pos < length:
+            n = min(len(buf), length - pos)
+            view = memoryview(buf)[:n]
+            self.part.readblocks(pos // BLOCK, view, pos % BLOCK)
+            h.update(view)
+            pos += n
 
     def resume_offset(self):
         return self.offset
@@ -70,33 +76,23 @@ class ImageSink:
         if self.offset + len(view) > self.size:
             raise Refused("artifact_mismatch", "longer than the manifest says")
         while len(view):
-            n = min(len(view), BLOCK - self.fill)
-            self.block[self.fill : self.fill + n] = view[:n]
-            self.fill += n
+            block, within = self.offset // BLOCK, self.offset % BLOCK
+            if within == 0:
+                self.part.ioctl(6, block)  # erase this block only, just before writing it
+            n = min(len(view), BLOCK - within)
+            self.part.writeblocks(block, view[:n], within)
+            self.hash.update(view[:n])
             self.offset += n
             view = view[n:]
-            if self.fill == BLOCK:
-                self._flush_block()
-
-    def _flush_block(self):
-        data = self.block if self.fill == BLOCK else memoryview(self.block)[: self.fill]
-        self.hash.update(data)
-        if self.fill < BLOCK:
-            # The last, partial block: pad with 0xFF (erased flash) to a whole block.
-            for i in range(self.fill, BLOCK):
-                self.block[i] = 0xFF
-        self.part.writeblocks(self.blocks, self.block)  # erases this block, then writes it
-        self.blocks += 1
-        self.fill = 0
-        if self.blocks % RECORD_EVERY == 0:
-            fs.write_json(
-                STATE,
-                {
-                    "download": self.manifest_sha256,
-                    "partition": self.label,
-                    "offset": self.blocks * BLOCK,
-                },
-            )
+            if self.offset % (RECORD_EVERY * BLOCK) == 0:
+                fs.write_json(
+                    STATE,
+                    {
+                        "download": self.manifest_sha256,
+                        "partition": self.label,
+                        "offset": self.offset,
+                    },
+                )
 
     def abort(self):
         pass
@@ -104,22 +100,13 @@ class ImageSink:
     def finish(self, previous_version=""):
         if self.offset != self.size:
             raise Refused("artifact_mismatch", "incomplete")
-        if self.fill:
-            self._flush_block()
-        if binascii.hexlify(self.hash.digest()).decode() != self.manifest["image"]["sha256"]:
+        expected = self.manifest["image"]["sha256"]
+        if binascii.hexlify(self.hash.digest()).decode() != expected:
             fs.write_json(STATE, {})
             raise Refused("artifact_mismatch", "image SHA-256")
-        # Read back what the flash holds.
         h = hashlib.sha256()
-        left = self.size
-        i = 0
-        while left:
-            self.part.readblocks(i, self.block)
-            n = min(left, BLOCK)
-            h.update(self.block if n == BLOCK else memoryview(self.block)[:n])
-            left -= n
-            i += 1
-        if binascii.hexlify(h.digest()).decode() != self.manifest["image"]["sha256"]:
+        self._rehash(self.size, h)  # what the flash holds
+        if binascii.hexlify(h.digest()).decode() != expected:
             fs.write_json(STATE, {})
             raise Refused("artifact_mismatch", "image read back")
         if firmware_version(self.part) != self.manifest["version"]:

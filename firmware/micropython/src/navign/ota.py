@@ -271,7 +271,7 @@ def sink_for(manifest, manifest_sha256, cfg, buf=None):
         return AppSink(manifest, manifest_sha256, buf, cfg.trial_boots)
     from navign.imageupdate import ImageSink
 
-    return ImageSink(manifest, manifest_sha256)
+    return ImageSink(manifest, manifest_sha256, buf)
 
 
 def finish(sink):
