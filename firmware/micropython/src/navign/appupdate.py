@@ -165,12 +165,10 @@ class AppSink:
         # the caller resets the board afterwards.
         if self.offset != self.total or self._index != len(self.files):
             raise Refused("artifact_mismatch", "incomplete")
+        from navign.artifact import verify_file
+
         for entry in self.files:
-            path = self._path(entry)
-            if fs.size(path) != entry["size"]:
-                raise Refused("artifact_mismatch", entry["path"] + ": size")
-            if self._digest(_hash_file(path, entry["size"], self.buf)) != entry["sha256"]:
-                raise Refused("artifact_mismatch", entry["path"] + ": read back")
+            verify_file(self._path(entry), entry["size"], entry["sha256"], self.buf)
         os.remove(self.stage + MARKER)
         target = APPS + self.slot
         fs.rmtree(target)

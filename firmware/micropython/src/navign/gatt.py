@@ -163,7 +163,7 @@ class Gatt:
         if self.transfer is not None:
             self.transfer.close()
         self.transfer = None
-        ota.unload(("bleota", "appupdate", "imageupdate"))
+        ota.unload(("bleota", "appupdate", "imageupdate", "artifact"))
 
     def fail(self, exc):
         self.reject(exc.reason, exc.detail)
