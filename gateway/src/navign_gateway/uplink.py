@@ -114,6 +114,8 @@ class Uplink:
         self._db = db
         self._sync = sync
         self._handlers = dict(handlers)
+        #: The SSE id of the event being handled (its seq, for sequenced events), for handlers.
+        self.current_event_id = ""
         self._metrics = UplinkMetrics(registry)
         self._idle_timeout = ping_seconds * WATCHDOG_FACTOR
         self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
@@ -271,6 +273,7 @@ class Uplink:
             return
         handler = self._handlers.get(event_type)
         if handler is not None:
+            self.current_event_id = event_id
             await self._dispatch(handler, event, event_type)
         await self._advance(event_type, event_id)
 

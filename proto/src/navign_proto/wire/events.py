@@ -102,6 +102,8 @@ class FirmwareUpdateEvent(FirmwareInfo, ServerEvent):
     event_type: ClassVar[EventType] = EventType.FIRMWARE_UPDATE
     priority: Priority = Priority.NORMAL
     rollout_strategy: RolloutPolicy | None = None
+    assignment_id: Identifier | None = None
+    """The server's assignment (§6.7): the gateway's rollout id, named in reports and commands."""
 
 
 class TaskType(StrEnum):

@@ -338,13 +338,19 @@ async def assign_release(entity_id: IdPath, request: Request, ctx: Ctx, who: Adm
     _check_targets(body.policy, release)
     policy = body.policy.model_dump(mode="json", exclude_unset=True, exclude_none=True)
     info = firmware_info(release, ctx.settings.public_url).model_dump(mode="json")
+    assignment_id = f"fwa-{secrets.token_hex(8)}"
     event = FirmwareUpdateEvent.model_validate(
-        {**info, "priority": body.priority.value, "rollout_strategy": policy}
+        {
+            **info,
+            "priority": body.priority.value,
+            "rollout_strategy": policy,
+            "assignment_id": assignment_id,
+        }
     )
     now = ctx.clock()
     assignment = ReleaseAssignment(
         entity_id=entity_id,
-        assignment_id=f"fwa-{secrets.token_hex(8)}",
+        assignment_id=assignment_id,
         release_id=release.release_id,
         policy=policy,
         priority=body.priority.value,
