@@ -117,3 +117,38 @@ def test_a_bad_release_key_is_a_config_error(tmp_path: Path, entry: str, message
     text = MINIMAL + f'\n[firmware]\nrelease_public_keys = ["{entry}"]\n'
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), env={})
+
+
+def test_mdns_interfaces_and_instance(tmp_path: Path) -> None:
+    default = load_config(write(tmp_path, MINIMAL), env={}).mdns
+    assert (default.enabled, default.interfaces, default.instance) == (True, [], None)
+    text = MINIMAL + '\n[mdns]\ninterfaces = ["10.77.0.1", "192.168.4.2"]\ninstance = "Gate B"\n'
+    mdns = load_config(write(tmp_path, text), env={}).mdns
+    assert (mdns.interfaces, mdns.instance) == (["10.77.0.1", "192.168.4.2"], "Gate B")
+    env = {"NAVIGN_GATEWAY_MDNS__INTERFACES": '["10.0.0.7"]'}
+    assert load_config(write(tmp_path, MINIMAL), env=env).mdns.interfaces == ["10.0.0.7"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('interfaces = ["eth0"]', "mdns.interfaces: 'eth0' is not an IPv4 address"),
+        ('interfaces = ["fe80::1"]', "mdns.interfaces: 'fe80::1' is not an IPv4 address"),
+        ('interfaces = ["0.0.0.0"]', "mdns.interfaces: 0.0.0.0 cannot be an interface address"),
+        ('interfaces = ["224.0.0.251"]', "mdns.interfaces: 224.0.0.251 cannot be an interface"),
+        ('interfaces = ["10.0.0.1", "10.0.0.1"]', "mdns.interfaces: lists an address twice"),
+        ('interfaces = "10.0.0.1"', "mdns.interfaces: Input should be a valid list"),
+        ('instance = ""', "mdns.instance: must be 1-63 bytes"),
+        (f'instance = "{"g" * 64}"', "mdns.instance: must be 1-63 bytes"),
+        ('instance = " gate"', "mdns.instance: must be 1-63 bytes"),
+        ('instance = "gate.b"', "mdns.instance: must not contain dots"),
+        ('instance = "gate\\u0007"', "mdns.instance: must not contain dots or control"),
+        ("enabled = true\nzone = 1", "mdns.zone: unknown key"),
+    ],
+)
+def test_bad_mdns_settings_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    path = write(tmp_path, MINIMAL + f"\n[mdns]\n{table}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value).strip()

@@ -97,10 +97,81 @@ class BleConfig(_Table):
     enabled: bool = True
     max_connections: int = Field(3, ge=1, le=16)
     adapter: str = "hci0"
+    #: "bluez" (the Pi), or a Python module offering bleak backends ``client_backend`` and
+    #: ``scanner_backend`` (the tests' simulated radio: ``navign_firmware.bleak_backend``).
+    backend: str = Field("bluez", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    #: Advertise the latest release per target through BlueZ (§8.7).
+    advertise: bool = True
 
 
 class MdnsConfig(_Table):
     enabled: bool = True
+    #: IPv4 addresses of this host to announce and bind mDNS to; empty: every interface.
+    interfaces: list[str] = Field(default_factory=list, max_length=16)
+    #: The DNS-SD instance name (protocol §8.3); default: the orchestrator id.
+    instance: str | None = None
+
+    @field_validator("interfaces")
+    @classmethod
+    def _interfaces(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                address = ipaddress.IPv4Address(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IPv4 address (beacons resolve A records only)"
+                ) from None
+            if address.is_unspecified or address.is_multicast or address.is_reserved:
+                raise ValueError(f"{value} cannot be an interface address (use [] for all)")
+        if len(set(values)) != len(values):
+            raise ValueError("lists an address twice")
+        return values
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not 0 < len(value.encode()) <= 63 or value.strip() != value:
+            raise ValueError("must be 1-63 bytes of UTF-8, without leading or trailing spaces")
+        if "." in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("must not contain dots or control characters")
+        return value
+
+
+class GrpcConfig(_Table):
+    """Who may call ``navign.gateway.v1`` (protocol §7.2): the SHA-256 (hex) of each accepted
+    bearer token, never the token itself. No digest at all: every call is refused."""
+
+    #: Tokens that may read and operate rollouts (pause, resume, abort, approve).
+    operator_token_sha256: list[str] = Field(default_factory=list, max_length=64)
+    #: Tokens that may only read.
+    reader_token_sha256: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("operator_token_sha256", "reader_token_sha256")
+    @classmethod
+    def _digests(cls, values: list[str]) -> list[str]:
+        digests = [value.strip().lower() for value in values]
+        for digest in digests:
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(
+                    f"{digest[:16]!r}... is not a SHA-256 in hex (64 digits); "
+                    "`navign-gateway token-hash` prints one"
+                )
+            if digest == _EMPTY_SHA256:
+                raise ValueError("lists the SHA-256 of an empty token")
+        if len(set(digests)) != len(digests):
+            raise ValueError("lists a digest twice")
+        return digests
+
+    @model_validator(mode="after")
+    def _one_role_each(self) -> Self:
+        if set(self.operator_token_sha256) & set(self.reader_token_sha256):
+            raise ValueError("a digest is listed as both operator and reader token")
+        return self
+
+
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 class GatewayConfig(_Table):
@@ -120,6 +191,7 @@ class GatewayConfig(_Table):
     firmware: FirmwareConfig = Field(default_factory=FirmwareConfig)
     ble: BleConfig = Field(default_factory=BleConfig)
     mdns: MdnsConfig = Field(default_factory=MdnsConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
 
     @field_validator("entity_id", "orchestrator_id")
     @classmethod

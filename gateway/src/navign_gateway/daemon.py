@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -25,15 +26,21 @@ import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from navign_gateway import __version__
+from navign_gateway.announce import FirmwareAnnouncer
 from navign_gateway.backoff import Backoff, FailureLog
-from navign_gateway.config import GatewayConfig
+from navign_gateway.beacon_http import add_beacon_routes
+from navign_gateway.beacons import BeaconInventory
+from navign_gateway.ble.advertise import ReleaseAdvertiser, advertised_releases
+from navign_gateway.ble.push import BleCentral, BlePusher
+from navign_gateway.ble.scan import BeaconScanner
+from navign_gateway.config import ConfigError, GatewayConfig
 from navign_gateway.credentials import Credentials
 from navign_gateway.db import Database
 from navign_gateway.firmware import CacheBudgetError, DiskFullError, FirmwareCache, FirmwareRejected
@@ -46,9 +53,10 @@ from navign_gateway.grpc_service import (
 from navign_gateway.hostmetrics import HostMetrics
 from navign_gateway.identity import Identity, create_identity, load_identity
 from navign_gateway.localapi import add_local_api
-from navign_gateway.mallcopy import MallCopy
+from navign_gateway.mallcopy import MallCopy, MallCopyError
 from navign_gateway.memory import release_memory
 from navign_gateway.robots import InvalidSelectionConfigError, RobotRegistry
+from navign_gateway.rollout import ReportSender, RolloutControlError, RolloutEngine
 from navign_gateway.sdnotify import Notifier, watchdog_period
 from navign_gateway.sync import SyncEngine
 from navign_gateway.tasks import TaskEngine
@@ -77,6 +85,13 @@ TASK_REPORT_PATH = "/api/orchestrators/reports/tasks"
 STATE_EXECUTED_COMMANDS = "heartbeat.executed_commands"
 #: Executed command ids remembered, so a lost acknowledgement never repeats one (§3.7).
 REMEMBERED_COMMANDS = 200
+#: Server commands acting on a rollout (§3.7), and the engine's action for each.
+ROLLOUT_COMMANDS: Final = {
+    "rollout_pause": "pause",
+    "rollout_resume": "resume",
+    "rollout_abort": "abort",
+    "rollout_approve": "approve",
+}
 #: Exit code asking systemd (Restart=always) to start the gateway again.
 EXIT_RESTART = 75
 
@@ -185,12 +200,29 @@ class Gateway:
         )
         await self.firmware.open()
 
+        self.inventory = BeaconInventory(self.db)
+        await self.inventory.open()
+        await self._load_mall_beacons()
+        self.ble = self._ble_central() if config.ble.enabled else None
+        self.rollouts = RolloutEngine(
+            self.db,
+            self.inventory,
+            self.firmware.get,
+            config.entity_id,
+            ble=BlePusher(self.ble) if self.ble is not None else None,
+            ble_concurrency=config.ble.max_connections,
+        )
+        await self.rollouts.open()
+        self.reports = ReportSender(self.db, self._post_report)
+        self.rollouts.on_outbox = self.reports.wake
+
         self.robots = RobotRegistry()
         self.tasks = TaskEngine(self.db, self.robots, ServerTaskReporter(self.upstream))
         await self.tasks.migrate()
         self.host = HostMetrics(config.data_dir)
 
         await self._start_http()
+        self._announce_firmware()
         servicer = OrchestratorServicer(self.robots, self.tasks)
         server, self.grpc_port = await start_grpc_server(config.listen.grpc, [servicer.register])
         self.grpc_server = server
@@ -219,6 +251,14 @@ class Gateway:
         self._spawn(self._verify_then_connect(), "uplink")
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self.tasks.run(), "tasks")
+        self._spawn(self.rollouts.run(), "rollouts")
+        self._spawn(self.inventory.run_flusher(), "inventory")
+        self._spawn(self._follow_mall_beacons(), "mall-beacons")
+        if self.ble is not None:
+            self._spawn(BeaconScanner(self.ble, self.inventory).run(), "ble-scan")
+            if config.ble.advertise and config.ble.backend == "bluez":
+                await self._advertise_releases()
+        self._spawn(self.reports.run(), "rollout-reports")
         period = watchdog_period()
         if period is not None:
             self._spawn(self._watchdog(period), "watchdog")
@@ -241,6 +281,7 @@ class Gateway:
         app = web.Application(client_max_size=64 * 1024)
         add_local_api(app, self.copy)
         add_firmware_routes(app, self.firmware)
+        add_beacon_routes(app, self.inventory, self.rollouts.on_report)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -252,6 +293,24 @@ class Gateway:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
+
+    def _announce_firmware(self) -> None:
+        """mDNS (protocol §8.3): beacons find the HTTP port and the releases held here. It runs
+        in the background; a failure is logged and never stops the gateway. Withdrawn (goodbye
+        packets) before the HTTP port closes."""
+        mdns = self.config.mdns
+        if not mdns.enabled:
+            return
+        announcer = FirmwareAnnouncer(
+            self.firmware,
+            port=self.http_port,
+            orchestrator_id=self.config.orchestrator_id,
+            entity_id=self.config.entity_id,
+            instance=mdns.instance,
+            interfaces=mdns.interfaces,
+        )
+        self._stack.push_async_callback(announcer.stop)
+        announcer.start()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -279,13 +338,76 @@ class Gateway:
 
     async def _on_data_update(self, event: DataUpdateEvent) -> None:
         await self.sync.catch_up(event.seq)
+        if event.changes.beacons:
+            await self._load_mall_beacons()
 
     async def _on_resync(self, event: ResyncRequiredEvent) -> None:
         collections = None if event.collections == "all" else list(event.collections)
         result = await self.sync.full(collections)
         await self.uplink.reset_event_cursor(result.seq)
+        await self._load_mall_beacons()
+
+    async def _advertise_releases(self) -> None:
+        """BLE advertising of the latest release per target (§8.7) through BlueZ; it retries
+        by itself while BlueZ is absent, and follows the firmware cache."""
+        advertiser = ReleaseAdvertiser(self.config.ble.adapter)
+        await advertiser.start()
+        self._stack.push_async_callback(advertiser.stop)
+        changed = asyncio.Event()
+        self.firmware.add_listener(changed.set)
+
+        async def follow() -> None:
+            while True:
+                await advertiser.update(advertised_releases(self.firmware.list()))
+                await changed.wait()
+                changed.clear()
+
+        self._spawn(follow(), "ble-advertise")
+
+    def _ble_central(self) -> BleCentral:
+        """bleak on BlueZ, or (tests) the backends of the module ``ble.backend`` names."""
+        ble = self.config.ble
+        if ble.backend == "bluez":
+            return BleCentral(max_connections=ble.max_connections, adapter=ble.adapter)
+        try:
+            module = importlib.import_module(ble.backend)
+            client, scanner = module.client_backend, module.scanner_backend
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"ble.backend: {ble.backend!r} is not a bleak backend: {exc}"
+            ) from None
+        return BleCentral(
+            max_connections=ble.max_connections, client_backend=client, scanner_backend=scanner
+        )
+
+    async def _follow_mall_beacons(self, period: float = 10.0) -> None:
+        """Reload the mall's beacons whenever the copy moved on (a sync by any path)."""
+        seen = await self.copy.cursor()
+        while True:
+            await asyncio.sleep(period)
+            cursor = await self.copy.cursor()
+            if cursor != seen:
+                seen = cursor
+                await self._load_mall_beacons()
+
+    async def _load_mall_beacons(self) -> None:
+        """The mall copy's beacons (chip, MAC, iBeacon numbers) for the inventory: rollouts
+        target them, and BLE advertisers are recognised by them."""
+        found: list[dict[str, Any]] = []
+        after: str | None = None
+        for _ in range(1000):  # 1000 pages of 1000: far beyond any mall
+            try:
+                page, after = await self.copy.list("beacons", filters={}, limit=1000, after=after)
+            except MallCopyError:
+                return  # no copy yet: loaded after the first sync
+            found += page
+            if after is None:
+                break
+        self.inventory.set_mall_beacons(found)
 
     async def _on_firmware_update(self, event: FirmwareUpdateEvent) -> None:
+        seq = int(self.uplink.current_event_id) if self.uplink.current_event_id.isdigit() else 0
+        await self.rollouts.submit(event, seq)
         info = FirmwareInfo.model_validate(event.model_dump(include=set(FirmwareInfo.model_fields)))
         if self.firmware.get(info.firmware_id) is not None:
             return
@@ -302,6 +424,7 @@ class Gateway:
                 return
             except (FirmwareRejected, CacheBudgetError) as exc:
                 log.error("firmware %s refused: %s", info.firmware_id, exc)
+                await self.rollouts.release_refused(info.firmware_id, str(exc))
                 return
             except (UpstreamError, DiskFullError) as exc:
                 log.warning("firmware %s: %s; retrying", info.firmware_id, exc)
@@ -404,6 +527,8 @@ class Gateway:
                     await self.credentials.refresh_now()
                 elif command.type == CommandType.RESTART:
                     restart = True
+                elif command.type in ROLLOUT_COMMANDS:
+                    await self._rollout_command(command.type, command.params)
                 else:
                     log.info("command %s of type %r skipped", command.id, command.type)
                 executed.append(command.id)
@@ -417,6 +542,33 @@ class Gateway:
                 await self.heartbeat_once(acked)
             raise RestartRequestedError
         return acked
+
+    async def _post_report(self, path: str, body: dict[str, Any]) -> int:
+        """One rollout report to the server (the sender decides what a status means)."""
+        async with self.upstream.request("POST", path, json_body=body) as response:
+            return response.status
+
+    async def _rollout_command(self, kind: str, params: dict[str, Any]) -> None:
+        """A server command for a rollout (§3.7): pause, resume, abort or approve. One the
+        rollout's state does not allow is logged and acknowledged (it cannot succeed later)."""
+        action = ROLLOUT_COMMANDS[kind]
+        rollout_id, reason, wave = (
+            params.get("rollout_id"),
+            params.get("reason"),
+            params.get("wave"),
+        )
+        if not isinstance(rollout_id, str) or (wave is not None and not isinstance(wave, int)):
+            log.error("command %s: params need rollout_id (and an integer wave)", kind)
+            return
+        try:
+            await self.rollouts.control(
+                rollout_id,
+                action,
+                reason=reason if isinstance(reason, str) else "server command",
+                wave=wave,
+            )
+        except RolloutControlError as exc:
+            log.warning("command %s for %s not applied: %s", kind, rollout_id, exc)
 
     async def _watchdog(self, period: float) -> None:
         while True:

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -86,8 +86,12 @@ class SimBeacon:
         uid: str = "a4cf12000001",
         app_heap: int = 96 * 1024,
         env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        #: A command the board's power-ons run under, e.g. ``["ip", "netns", "exec", "ns-b"]``
+        #: to put the board in another network namespace (the flash tools run without it).
+        self.launcher = list(launcher)
         self.chip = chip
         self.layout = flash_layout or flash.layout(app_size=0x40000, vfs_size=0x80000)
         self.uid = uid
@@ -190,7 +194,8 @@ class SimBeacon:
             log.flush()
             proc = subprocess.Popen(
                 # The shims' own heap comes on top; poweron.py takes back the rest (a ballast).
-                unix.command(
+                self.launcher
+                + unix.command(
                     [str(POWERON), str(self.app_heap)], heapsize=f"{self.app_heap + SHIM_HEAP}"
                 ),
                 env=env,

@@ -126,6 +126,7 @@ class FirmwareCache:
         self._commit_lock = asyncio.Lock()
         self._opened = False
         self._report_failing = False
+        self._listeners: list[Callable[[], None]] = []
         registry = REGISTRY if registry is None else registry
         self._downloads = Counter(
             "orchestrator_firmware_downloads_total",
@@ -179,6 +180,7 @@ class FirmwareCache:
         self._persisted_use = {r.firmware_id: r.last_used_at for r in kept}
         self._opened = True
         self._update_gauges()
+        self._changed()
 
     # -- reads (in memory) -------------------------------------------------------------------
 
@@ -365,6 +367,7 @@ class FirmwareCache:
             self._mirror[firmware_id] = release
             self._persisted_use[firmware_id] = now
             self._update_gauges()
+            self._changed()
             return release
 
     def _plan_eviction(self, firmware_id: str, size: int) -> builtins.list[CachedRelease]:
@@ -418,6 +421,7 @@ class FirmwareCache:
             # An open file being served to a beacon survives its unlink.
             await blocking(remove, release.directory)
         self._update_gauges()
+        self._changed()
 
     # -- reports -----------------------------------------------------------------------------
 
@@ -450,6 +454,21 @@ class FirmwareCache:
             return False
         self._report_failing = False
         return True
+
+    # -- change listeners --------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (in the event loop) whenever the set of verified releases may
+        have changed: after :meth:`open`, after a release is committed, after an eviction. An
+        exception it raises is logged, never raised into the cache."""
+        self._listeners.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("firmware cache: a change listener failed")
 
     # -- helpers -----------------------------------------------------------------------------
 
