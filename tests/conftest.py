@@ -36,6 +36,9 @@ class GatewayProcess:
         enrollment_token: str | None = None,
         environment: dict[str, str] | None = None,
         extra_config: str = "",
+        ble: str = "enabled = false",
+        mdns: str = "enabled = false",
+        grpc: str = "",
     ) -> None:
         self.workdir = workdir
         self.http_port = free_port()
@@ -58,9 +61,11 @@ class GatewayProcess:
             f'grpc = "127.0.0.1:{self.grpc_port}"',
             f'http = "127.0.0.1:{self.http_port}"',
             "[ble]",
-            "enabled = false",
+            ble,
             "[mdns]",
-            "enabled = false",
+            mdns,
+            "[grpc]",
+            grpc,
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
         self.config_path.chmod(0o600)
