@@ -1,23 +1,30 @@
-"""``navign-admin`` commands for rollouts: assign a release to an entity, watch its progress."""
+"""``navign-admin`` commands for rollouts: assign a release to an entity, watch its progress as
+the gateways report it, and pause, resume, abort or approve a rollout (heartbeat commands)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
-from navign_proto.wire import Priority
-from navign_server.admin_cli_http import AdminApi, api_path
+from navign_proto.wire import Priority, RolloutState
+from navign_server.admin_cli_http import AdminApi, ServerError, api_path
 from navign_server.admin_cli_input import (
     CommandError,
     fraction,
     positive_int,
     read_json_object,
 )
-from navign_server.admin_cli_output import Output, age, parse_time, shown
+from navign_server.admin_cli_output import Output, age, one_line, parse_time, shown
 from navign_server.api.rollout import RolloutPolicyInput
+
+_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REASON_MAX: Final = 1000
+#: Seconds a rollout command waits for its gateway's heartbeat (the server allows up to 7 days).
+COMMAND_TTL_DEFAULT: Final = 86_400
 
 
 def _invalid(exc: ValidationError) -> CommandError:
@@ -79,14 +86,47 @@ def cmd_rollouts(api: AdminApi, out: Output, args: argparse.Namespace) -> None:
     if args.release is not None:
         _rollout_status(api, out, args)
         return
+    # The rollouts first: an unknown entity is refused there (404) before anything is printed.
+    path = api_path("entities", args.entity, "rollouts")
+    reply = api.get(path, state=args.state, limit=args.limit)
+    reported: list[dict[str, Any]] = reply.body["rollouts"]
     body = api.get(api_path("entities", args.entity, "firmware-assignments")).body
     if out.as_json:
-        out.json(body)
+        out.json({**body, "rollouts": reported})
         return
     keys = ("seq", "assignment_id", "release_id", "priority", "created_at", "created_by")
     rows = [[*(a.get(k) for k in keys), a.get("policy") or None] for a in body["assignments"]]
     columns = ["seq", "assignment", "release", "priority", "created", "by", "policy"]
     out.table(columns, rows, title=f"firmware assignments of {shown(args.entity)}")
+    out.line()
+    now = reply.server_time
+    rows = [
+        [
+            r.get("rollout_id"),
+            r.get("firmware_id"),
+            r.get("state"),
+            f"{shown(r.get('current_wave'))}/{shown(r.get('wave_count'))}",
+            _progress(r.get("counts")),
+            one_line(str(r.get("state_reason") or ""), 120) or None,
+            age(parse_time(r.get("at")), now),
+            r.get("reported_by"),
+        ]
+        for r in reported
+    ]
+    columns = ["rollout", "release", "state", "wave", "confirmed/failed/rolled_back", "reason"]
+    out.table(
+        [*columns, "updated", "gateway"],
+        rows,
+        title=f"rollouts reported by the gateways of {shown(args.entity)}",
+    )
+
+
+def _progress(counts: Any) -> str:
+    """``confirmed/failed/rolled_back of total``."""
+    if not isinstance(counts, dict):
+        return "-"
+    done = "/".join(shown(counts.get(k)) for k in ("confirmed", "failed", "rolled_back"))
+    return f"{done} of {shown(counts.get('total'))}"
 
 
 def _rollout_status(api: AdminApi, out: Output, args: argparse.Namespace) -> None:
@@ -118,6 +158,97 @@ def cmd_beacons(api: AdminApi, out: Output, args: argparse.Namespace) -> None:
     ]
     columns = ["beacon", "mac", "firmware", "app", "ota", "rssi", "seen", "gateway"]
     out.table(columns, rows, title=f"beacons of {shown(args.entity)}")
+
+
+def _rollout_id(text: str) -> str:
+    if not _ID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rollout id (1-64 characters of letters, digits and ._:-)"
+        )
+    return text
+
+
+def _reason(text: str) -> str:
+    if len(text) > REASON_MAX:
+        raise argparse.ArgumentTypeError(
+            f"--reason is {len(text)} characters, at most {REASON_MAX}"
+        )
+    return text
+
+
+def _command_ttl(text: str) -> int:
+    value = positive_int(text)
+    if not 60 <= value <= 7 * 86_400:
+        raise argparse.ArgumentTypeError("--ttl must be 60 to 604800 seconds (at most 7 days)")
+    return value
+
+
+def cmd_rollout_control(api: AdminApi, out: Output, args: argparse.Namespace) -> None:
+    """Queue ``rollout_<action>`` for every active gateway of the entity."""
+    command_type = f"rollout_{args.action}"
+    params: dict[str, Any] = {"rollout_id": args.rollout, "reason": args.reason}
+    if args.action == "approve":
+        params["wave"] = args.wave
+    # An unknown entity is refused here (404), before anything is queued.
+    reported = api.get(api_path("entities", args.entity, "rollouts"), limit=1000).body
+    known = any(r.get("rollout_id") == args.rollout for r in reported["rollouts"])
+    listed = api.get(api_path("orchestrators"), entity_id=args.entity).body["orchestrators"]
+    gateways = [g for g in listed if g.get("entity_id") == args.entity]
+    active = [str(g["orchestrator_id"]) for g in gateways if g.get("status") == "active"]
+    skipped = [
+        {"orchestrator_id": g.get("orchestrator_id"), "status": g.get("status")}
+        for g in gateways
+        if g.get("status") != "active"
+    ]
+    if not active:
+        raise CommandError(
+            f"entity {shown(args.entity)} has no active gateway: {command_type} was not queued"
+        )
+    request = {"type": command_type, "params": params, "ttl_seconds": args.ttl}
+    queued: list[dict[str, Any]] = []
+    for orchestrator_id in active:
+        path = api_path("orchestrators", args.entity, orchestrator_id, "commands")
+        try:
+            body = api.post(path, request).body
+        except ServerError as exc:
+            if not queued:
+                raise
+            sent = ", ".join(shown(q["orchestrator_id"]) for q in queued)
+            raise CommandError(
+                f"{exc} (gateway {shown(orchestrator_id)}; already queued for {sent})"
+            ) from None
+        queued.append(
+            {
+                "orchestrator_id": orchestrator_id,
+                "id": body.get("id"),
+                "expires_at": body.get("expires_at"),
+            }
+        )
+    if out.as_json:
+        out.json(
+            {
+                "entity_id": args.entity,
+                "type": command_type,
+                "params": params,
+                "reported": known,
+                "queued": queued,
+                "skipped": skipped,
+            }
+        )
+        return
+    out.line(
+        f"{command_type} of rollout {shown(args.rollout)} queued for {len(queued)} "
+        f"gateway{'s' if len(queued) != 1 else ''} of {shown(args.entity)}, "
+        "delivered with their next heartbeat:"
+    )
+    for q in queued:
+        out.line(
+            f"  {shown(q['orchestrator_id'])}  {shown(q['id'])}  expires {shown(q['expires_at'])}"
+        )
+    for g in skipped:
+        out.line(f"not sent to {shown(g['orchestrator_id'])}: {shown(g['status'])}")
+    if not known:
+        out.line(f"note: no gateway has reported rollout {shown(args.rollout)} yet")
 
 
 def register(
@@ -152,9 +283,55 @@ def register(
     p.add_argument("entity", metavar="ENTITY")
     p.add_argument("--release", metavar="RELEASE_ID", help="per-beacon status of this release")
     p.add_argument(
-        "--limit", type=positive_int, default=100, help="recent reports (with --release)"
+        "--state", choices=[s.value for s in RolloutState], help="only rollouts in this state"
+    )
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=100,
+        help="at most this many rollouts, or recent reports with --release (at most 1000)",
     )
     p.set_defaults(func=cmd_rollouts)
+
+    rollout = commands.add_parser(
+        "rollout", help="pause, resume, abort or approve a rollout on the entity's gateways"
+    )
+    sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
+    for action, text in (
+        ("pause", "pause a running or holding rollout"),
+        ("resume", "resume a paused or halted rollout"),
+        ("abort", "abort a rollout (beacons already updating finish)"),
+        ("approve", "let a rollout held for approval start its next wave"),
+    ):
+        p = sub.add_parser(action, parents=parents, help=text)
+        p.add_argument("entity", metavar="ENTITY")
+        p.add_argument(
+            "rollout",
+            type=_rollout_id,
+            metavar="ROLLOUT_ID",
+            help="the assignment id (fwa-...) or the gateway's ro-<seq>",
+        )
+        if action == "approve":
+            p.add_argument(
+                "--wave",
+                type=positive_int,
+                required=True,
+                metavar="N",
+                help="the wave to start (the one after the current wave)",
+            )
+        p.add_argument(
+            "--reason",
+            type=_reason,
+            default="",
+            help="why: audit-logged; a paused or aborted rollout reports it",
+        )
+        p.add_argument(
+            "--ttl",
+            type=_command_ttl,
+            default=COMMAND_TTL_DEFAULT,
+            help=f"seconds the command waits for a heartbeat (default {COMMAND_TTL_DEFAULT})",
+        )
+        p.set_defaults(func=cmd_rollout_control, action=action)
 
     p = commands.add_parser("beacons", parents=parents, help="beacon status reported by gateways")
     p.add_argument("entity", metavar="ENTITY")

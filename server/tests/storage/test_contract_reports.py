@@ -10,6 +10,7 @@ import pytest
 from navign_server.storage.base import (
     BeaconStatusRecord,
     FirmwareStatusRecord,
+    RolloutStatusRecord,
     Store,
     TaskStatusRecord,
 )
@@ -90,3 +91,63 @@ async def test_task_status_newest_wins(mall: Store) -> None:
     await mall.record_task_status(task("completed", 9))
     tasks = await mall.list_task_statuses(ENTITY)
     assert [(t.task_id, t.status, t.at) for t in tasks] == [("task-1", "completed", at(9))]
+
+
+def rollout(
+    rollout_id: str, state: str, seconds: float, *, firmware: str = "fw-1", gateway: str = "gw-1"
+) -> RolloutStatusRecord:
+    return RolloutStatusRecord(
+        ENTITY,
+        rollout_id,
+        firmware,
+        gateway,
+        state,
+        at(seconds),
+        at(seconds + 0.5),
+        {"rollout_id": rollout_id, "state": state, "seconds": seconds},
+    )
+
+
+async def test_rollout_status_newest_wins_and_late_reports_lose(mall: Store) -> None:
+    await mall.record_rollout_status(rollout("fwa-1", "running", 5))
+    await mall.record_rollout_status(rollout("fwa-1", "pending", 1))  # late, from an outbox
+    (only,) = await mall.list_rollout_statuses(ENTITY)
+    assert (only.rollout_id, only.state, only.at, only.received_at) == (
+        "fwa-1",
+        "running",
+        at(5),
+        at(5.5),
+    )
+    assert only.body == {"rollout_id": "fwa-1", "state": "running", "seconds": 5}
+
+    # The same report again changes nothing; one as new (another gateway's) replaces it.
+    await mall.record_rollout_status(rollout("fwa-1", "running", 5))
+    assert await mall.list_rollout_statuses(ENTITY) == [only]
+    await mall.record_rollout_status(rollout("fwa-1", "paused", 5, gateway="gw-2"))
+    (same_time,) = await mall.list_rollout_statuses(ENTITY)
+    assert (same_time.state, same_time.orchestrator_id) == ("paused", "gw-2")
+
+    await mall.record_rollout_status(rollout("fwa-1", "completed", 9))
+    (done,) = await mall.list_rollout_statuses(ENTITY)
+    assert (done.state, done.at, done.orchestrator_id) == ("completed", at(9), "gw-1")
+    assert await mall.list_rollout_statuses("mall-other") == []
+
+
+async def test_rollout_status_filters_order_and_limit(mall: Store) -> None:
+    await mall.record_rollout_status(rollout("fwa-b", "completed", 3))
+    await mall.record_rollout_status(rollout("ro-7", "halted", 8, firmware="fw-2"))
+    await mall.record_rollout_status(rollout("fwa-a", "completed", 3))
+    await mall.record_rollout_status(rollout("fwa-c", "running", 6))
+
+    listed = await mall.list_rollout_statuses(ENTITY)
+    # Newest report first; rollouts reported at the same moment by id.
+    assert [r.rollout_id for r in listed] == ["ro-7", "fwa-c", "fwa-a", "fwa-b"]
+    completed = await mall.list_rollout_statuses(ENTITY, state="completed")
+    assert [r.rollout_id for r in completed] == ["fwa-a", "fwa-b"]
+    of_fw2 = await mall.list_rollout_statuses(ENTITY, firmware_id="fw-2")
+    assert [(r.rollout_id, r.firmware_id) for r in of_fw2] == [("ro-7", "fw-2")]
+    assert await mall.list_rollout_statuses(ENTITY, state="halted", firmware_id="fw-1") == []
+    assert [r.rollout_id for r in await mall.list_rollout_statuses(ENTITY, limit=2)] == [
+        "ro-7",
+        "fwa-c",
+    ]

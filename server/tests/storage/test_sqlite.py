@@ -27,6 +27,7 @@ from navign_server.storage.base import (
     EnrollmentToken,
     Heartbeat,
     OrchestratorRegistration,
+    RolloutStatusRecord,
     StoredEvent,
     WatchOverflowError,
 )
@@ -141,6 +142,38 @@ async def test_migrate_applies_only_new_steps_and_rolls_back_a_failed_one(db_pat
         assert list(tables) == []  # the failed migration's first step was rolled back too
         with pytest.raises(ValueError, match="versions"):
             await migrate(conn, T0, [v2])
+
+
+async def test_a_version_3_database_gets_the_rollout_reports_table(db_path: Path) -> None:
+    """A database written before migration 4 keeps its reports and gains rollout reports."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        assert await migrate(conn, T0, MIGRATIONS[:3]) == [1, 2, 3]
+        await conn.execute(
+            "INSERT INTO entities (id, document, floor_checksum, created_us, updated_us)"
+            " VALUES (?, ?, 'sha256:0', ?, ?)",
+            (ENTITY, json.dumps({"id": ENTITY, "type": "mall"}), to_us(T0), to_us(T0)),
+        )
+        await conn.execute(
+            "INSERT INTO beacon_status VALUES (?, 'b-1', 'gw-1', ?, ?, '{\"beacon_id\":\"b-1\"}')",
+            (ENTITY, to_us(T0), to_us(T0)),
+        )
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert [s.beacon_id for s in await store.list_beacon_statuses(ENTITY)] == ["b-1"]
+        record = RolloutStatusRecord(
+            ENTITY, "fwa-1", "fw-1", "gw-1", "running", at(1), at(2), {"state": "running"}
+        )
+        await store.record_rollout_status(record)
+        assert await store.list_rollout_statuses(ENTITY) == [record]
+    finally:
+        await store.close()
+    assert query(db_path, "SELECT version FROM schema_migrations ORDER BY version") == [
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+    ]
 
 
 async def test_wal_and_durability_settings(sqlite_store: SqliteStore, db_path: Path) -> None:

@@ -62,6 +62,10 @@ class CommandType(StrEnum):
     RESTART = "restart"
     REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a command name, not a secret
     REPORT_INVENTORY = "report_inventory"
+    ROLLOUT_PAUSE = "rollout_pause"
+    ROLLOUT_RESUME = "rollout_resume"
+    ROLLOUT_ABORT = "rollout_abort"
+    ROLLOUT_APPROVE = "rollout_approve"
 
 
 class Command(WireMessage):

@@ -1,15 +1,15 @@
 """What gateways report to the server: beacon status batches, firmware install status, task
-status (``POST /api/orchestrators/reports/...``)."""
+status and rollout progress (``POST /api/orchestrators/reports/...``)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Final
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from navign_proto.mall import Identifier, MacAddress
-from navign_proto.wire._types import StrictWireMessage, UtcDateTime
+from navign_proto.wire._types import Count, StrictWireMessage, UtcDateTime
 from navign_proto.wire.events import TaskLocation
 
 BEACON_BATCH_MAX: Final = 1000
@@ -89,6 +89,67 @@ class TaskStatusReport(StrictWireMessage):
     location: TaskLocation | None = None
     message: Annotated[str, StringConstraints(max_length=1000)] | None = None
     at: UtcDateTime
+
+
+class RolloutState(StrEnum):
+    """Where a gateway's rollout of one release stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    HOLDING = "holding"
+    PAUSED = "paused"
+    HALTED = "halted"
+    ABORTED = "aborted"
+    COMPLETED = "completed"
+
+
+#: The beacon states a rollout counts (``OtaState`` but ``idle``), each a field of RolloutCounts.
+ROLLOUT_COUNT_STATES: Final = tuple(s.value for s in OtaState if s is not OtaState.IDLE)
+
+
+class RolloutCounts(StrictWireMessage):
+    """Beacons of a rollout by their update state; the states add up to ``total``."""
+
+    total: Count
+    pending: Count
+    offered: Count
+    transferring: Count
+    verifying: Count
+    installing: Count
+    rebooting: Count
+    confirmed: Count
+    failed: Count
+    rolled_back: Count
+
+    @model_validator(mode="after")
+    def _states_add_up(self) -> RolloutCounts:
+        states = sum(getattr(self, name) for name in ROLLOUT_COUNT_STATES)
+        if states != self.total:
+            raise ValueError(f"the states add up to {states}, not to total {self.total}")
+        return self
+
+
+class RolloutStatusReport(StrictWireMessage):
+    """A rollout's summary after a change: state, wave and beacons per state."""
+
+    entity_id: Identifier
+    #: The server's assignment id (``fwa-...``), or ``ro-<seq>`` for an event without one.
+    rollout_id: Identifier
+    firmware_id: Identifier
+    state: RolloutState
+    state_reason: Annotated[str, StringConstraints(max_length=1000)] = ""
+    current_wave: Count
+    wave_count: Count
+    counts: RolloutCounts
+    at: UtcDateTime
+
+    @model_validator(mode="after")
+    def _wave_in_range(self) -> RolloutStatusReport:
+        if self.current_wave > self.wave_count:
+            raise ValueError(
+                f"current_wave {self.current_wave} is beyond wave_count {self.wave_count}"
+            )
+        return self
 
 
 class ReportAccepted(StrictWireMessage):

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from navign_proto import keys
 from navign_proto.errors import KeyFormatError
@@ -17,9 +17,10 @@ from navign_proto.wire import ErrorCode
 from navign_proto.wire import format_rfc3339 as rfc3339
 from navign_server.api.admin import AdminBody, IdPath, audit_action, not_found
 from navign_server.api.bodies import json_body, read_json
+from navign_server.api.rollout import ROLLOUT_COMMANDS
 from navign_server.auth.principals import Admin, AdminPrincipal, Ctx, hash_secret
 from navign_server.context import ServerContext
-from navign_server.errors import ApiError
+from navign_server.errors import ApiError, validation_problems
 from navign_server.storage.base import (
     Command,
     ConflictError,
@@ -50,6 +51,26 @@ class CommandCreate(AdminBody):
     type: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")
     params: dict[str, Any] = Field(default_factory=dict, max_length=100)
     ttl_seconds: int = Field(86_400, ge=60, le=7 * 86_400)
+
+
+def _check_params(body: CommandCreate) -> None:
+    """The params of a command type this server knows (the rollout commands), as the gateway
+    will read them: a mistake is 422 here, not a command the gateway skips."""
+    model = ROLLOUT_COMMANDS.get(body.type)
+    if model is None:
+        return
+    try:
+        model.model_validate(body.params)
+    except ValidationError as exc:
+        errors = validation_problems(exc.errors())
+        for problem in errors:
+            problem["loc"] = ["params", *problem["loc"]]
+        first = errors[0]
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            f"{'.'.join(first['loc'])}: {first['msg']}",
+            details={"errors": errors},
+        ) from None
 
 
 def _orchestrator(o: Orchestrator) -> dict[str, Any]:
@@ -260,6 +281,7 @@ async def enqueue_command(
     entity_id: IdPath, orchestrator_id: IdPath, request: Request, ctx: Ctx, who: Admin
 ) -> dict[str, Any]:
     body, _ = await read_json(request, CommandCreate)
+    _check_params(body)
     try:
         await ctx.store.get_orchestrator(entity_id, orchestrator_id)
     except NotFoundError as exc:
@@ -275,8 +297,16 @@ async def enqueue_command(
         expires_at=now + timedelta(seconds=body.ttl_seconds),
     )
     await ctx.store.enqueue_command(command)
+    # A rollout command's params (rollout, wave, reason) say what the operator did.
+    steering = {"params": body.params} if body.type in ROLLOUT_COMMANDS else {}
     await audit_action(
-        ctx, who, "command.enqueue", entity_id, orchestrator_id=orchestrator_id, type=body.type
+        ctx,
+        who,
+        "command.enqueue",
+        entity_id,
+        orchestrator_id=orchestrator_id,
+        type=body.type,
+        **steering,
     )
     return {
         "id": command.command_id,

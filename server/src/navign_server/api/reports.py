@@ -1,5 +1,5 @@
-"""Reports from gateways (protocol §3.16): beacon status batches, firmware install status and
-task status, plus the admin views over them."""
+"""Reports from gateways (protocol §3.16): beacon status batches, firmware install status, task
+status and rollout progress, plus the admin views over them."""
 
 from __future__ import annotations
 
@@ -10,17 +10,24 @@ from fastapi import APIRouter, Query, Request
 
 from navign_proto.wire import (
     BeaconStatusReport,
+    ErrorCode,
     FirmwareStatusReport,
     ReportAccepted,
+    RolloutState,
+    RolloutStatusReport,
     TaskStatusReport,
 )
 from navign_proto.wire import format_rfc3339 as rfc3339
 from navign_server.api.admin import IdPath
 from navign_server.api.bodies import json_body, read_json
 from navign_server.auth.principals import Admin, Ctx, Gateway
+from navign_server.context import ServerContext
+from navign_server.errors import ApiError
 from navign_server.storage.base import (
     BeaconStatusRecord,
     FirmwareStatusRecord,
+    NotFoundError,
+    RolloutStatusRecord,
     TaskStatusRecord,
 )
 
@@ -96,6 +103,37 @@ async def report_task(request: Request, ctx: Ctx, principal: Gateway) -> ReportA
     return ReportAccepted(accepted=1)
 
 
+@router.post(
+    "/api/orchestrators/reports/rollouts",
+    response_model=ReportAccepted,
+    openapi_extra=json_body(RolloutStatusReport),
+)
+async def report_rollout(request: Request, ctx: Ctx, principal: Gateway) -> ReportAccepted:
+    body, _ = await read_json(request, RolloutStatusReport)
+    principal.require_entity(body.entity_id)
+    # The newest summary per rollout is kept; a late one from the outbox is taken and ignored.
+    await ctx.store.record_rollout_status(
+        RolloutStatusRecord(
+            entity_id=principal.entity_id,
+            rollout_id=body.rollout_id,
+            firmware_id=body.firmware_id,
+            orchestrator_id=principal.orchestrator_id,
+            state=body.state.value,
+            at=body.at,
+            received_at=ctx.clock(),
+            body=body.model_dump(mode="json", exclude_none=True),
+        )
+    )
+    return ReportAccepted(accepted=1)
+
+
+async def _require_entity(ctx: ServerContext, entity_id: str) -> None:
+    try:
+        await ctx.store.get_entity(entity_id)
+    except NotFoundError:
+        raise ApiError(ErrorCode.ENTITY_NOT_FOUND, f"entity {entity_id!r} does not exist") from None
+
+
 @router.get("/api/admin/entities/{entity_id}/beacon-status")
 async def beacon_status(entity_id: IdPath, ctx: Ctx, who: Admin) -> dict[str, Any]:
     records = await ctx.store.list_beacon_statuses(entity_id)
@@ -135,3 +173,28 @@ async def task_status(
 ) -> dict[str, Any]:
     records = await ctx.store.list_task_statuses(entity_id, limit=limit)
     return {"tasks": [{**r.body, "received_at": rfc3339(r.received_at)} for r in records]}
+
+
+@router.get("/api/admin/entities/{entity_id}/rollouts")
+async def rollouts(
+    entity_id: IdPath,
+    ctx: Ctx,
+    who: Admin,
+    state: Annotated[RolloutState | None, Query()] = None,
+    firmware_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Each rollout's latest report, newest first, with the gateway that sent it."""
+    await _require_entity(ctx, entity_id)
+    records = await ctx.store.list_rollout_statuses(
+        entity_id,
+        state=None if state is None else state.value,
+        firmware_id=firmware_id,
+        limit=limit,
+    )
+    return {
+        "rollouts": [
+            {**r.body, "reported_by": r.orchestrator_id, "received_at": rfc3339(r.received_at)}
+            for r in records
+        ]
+    }

@@ -1,4 +1,5 @@
-"""The rollout policy an admin gives with a firmware assignment, validated at the edge.
+"""The rollout policy an admin gives with a firmware assignment, validated at the edge; and the
+parameters of the heartbeat commands that steer a gateway's rollout (protocol §3.7).
 
 It is ``wire.RolloutPolicy`` (what gateways read in ``firmware_update.rollout_strategy``) plus the
 keys issue 3 asks an operator to set, typed here: ``targets``, ``canary_size``,
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from typing import Literal, Self
+from collections.abc import Mapping
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -90,3 +92,26 @@ class RolloutPolicyInput(RolloutPolicy):
     #: After the canary stage, wait for an operator (``hold_seconds`` is then a minimum).
     manual_approval: bool = False
     maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list, max_length=32)
+
+
+class RolloutCommandParams(StrictWireMessage):
+    """``params`` of ``rollout_pause``, ``rollout_resume`` and ``rollout_abort``."""
+
+    #: The gateway's rollout id: the assignment id (``fwa-...``) or ``ro-<seq>``.
+    rollout_id: Identifier
+    reason: str = Field("", max_length=1000)
+
+
+class RolloutApproveParams(RolloutCommandParams):
+    """``params`` of ``rollout_approve``: the wave let go (the one after the current wave)."""
+
+    wave: Annotated[int, Field(strict=True, ge=1, le=10_000_000)]
+
+
+#: Heartbeat command types that steer a rollout, and what their ``params`` must be.
+ROLLOUT_COMMANDS: Final[Mapping[str, type[RolloutCommandParams]]] = {
+    "rollout_pause": RolloutCommandParams,
+    "rollout_resume": RolloutCommandParams,
+    "rollout_abort": RolloutCommandParams,
+    "rollout_approve": RolloutApproveParams,
+}

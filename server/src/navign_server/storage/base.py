@@ -333,6 +333,20 @@ class TaskStatusRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutStatusRecord:
+    """The latest summary a gateway reported for one rollout (``body`` as reported)."""
+
+    entity_id: str
+    rollout_id: str
+    firmware_id: str
+    orchestrator_id: str
+    state: str
+    at: datetime
+    received_at: datetime
+    body: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """A signed release the server hosts. The manifest fields are copies of the verified
     manifest inside ``envelope`` (the DSSE envelope's JCS bytes, served as they are)."""
@@ -624,3 +638,18 @@ class Store(Protocol):
         self, entity_id: str, *, limit: int = 100
     ) -> list[TaskStatusRecord]:
         """Most recently reported first."""
+
+    async def record_rollout_status(self, record: RolloutStatusRecord) -> None:
+        """Keep the newest report per (entity, rollout) by ``at``: an older one is ignored
+        (reports can arrive late from a gateway's outbox); one as new replaces it."""
+
+    async def list_rollout_statuses(
+        self,
+        entity_id: str,
+        *,
+        state: str | None = None,
+        firmware_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RolloutStatusRecord]:
+        """The entity's rollouts matching every given filter, newest ``at`` first (then by
+        rollout id)."""

@@ -76,6 +76,7 @@ RELEASE_ASSIGNMENTS: Final = "release_assignments"
 BEACON_STATUS: Final = "beacon_status"
 FIRMWARE_STATUS: Final = "firmware_status"
 TASK_STATUS: Final = "task_status"
+ROLLOUT_STATUS: Final = "rollout_status"
 
 
 def _index(name: str, *keys: tuple[str, int], **options: Any) -> IndexModel:
@@ -144,6 +145,10 @@ INDEXES: Final[Mapping[str, tuple[IndexModel, ...]]] = {
     TASK_STATUS: (
         _index("by_key", ("entity_id", _ASC), ("task_id", _ASC), unique=True),
         _index("by_time", ("entity_id", _ASC), ("received_us", _DESC)),
+    ),
+    ROLLOUT_STATUS: (
+        _index("by_key", ("entity_id", _ASC), ("rollout_id", _ASC), unique=True),
+        _index("by_time", ("entity_id", _ASC), ("at_us", _DESC), ("rollout_id", _ASC)),
     ),
     RELEASES: (
         _index("by_id", ("release_id", _ASC), unique=True),

@@ -1,6 +1,6 @@
-"""Reports from gateways in MongoDB: the latest status per beacon and per task (conditional
-upserts, so an older report never replaces a newer one), and a bounded history of firmware
-install steps. Mirrors ``sqlite_reports.py``."""
+"""Reports from gateways in MongoDB: the latest status per beacon, per task and per rollout
+(conditional upserts, so an older report never replaces a newer one), and a bounded history of
+firmware install steps. Mirrors ``sqlite_reports.py``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ import contextlib
 from collections.abc import Sequence
 from typing import Final
 
-from pymongo import DESCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
-from navign_server.storage.base import BeaconStatusRecord, FirmwareStatusRecord, TaskStatusRecord
+from navign_server.storage.base import (
+    BeaconStatusRecord,
+    FirmwareStatusRecord,
+    RolloutStatusRecord,
+    TaskStatusRecord,
+)
 from navign_server.storage.mongo_db import (
     BEACON_STATUS,
     FIRMWARE_STATUS,
+    ROLLOUT_STATUS,
     TASK_STATUS,
     Doc,
     MongoDatabase,
@@ -139,6 +145,54 @@ class ReportCollections(MongoDatabase):
                 d["task_id"],
                 d["orchestrator_id"],
                 d["status"],
+                time_of(d, "at"),
+                time_of(d, "received"),
+                load_json(d["body"]),
+            )
+            for d in await fetch(cursor, limit)
+        ]
+
+    async def record_rollout_status(self, record: RolloutStatusRecord) -> None:
+        r = record
+        await self._upsert_newer(
+            ROLLOUT_STATUS,
+            {"entity_id": r.entity_id, "rollout_id": r.rollout_id},
+            "at",
+            {
+                "firmware_id": r.firmware_id,
+                "orchestrator_id": r.orchestrator_id,
+                "state": r.state,
+                **stamp("at", r.at),
+                **stamp("received", r.received_at),
+                "body": compact_json(r.body),
+            },
+        )
+
+    async def list_rollout_statuses(
+        self,
+        entity_id: str,
+        *,
+        state: str | None = None,
+        firmware_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RolloutStatusRecord]:
+        query: Doc = {"entity_id": entity_id}
+        if state is not None:
+            query["state"] = state
+        if firmware_id is not None:
+            query["firmware_id"] = firmware_id
+        cursor = (
+            self._col(ROLLOUT_STATUS)
+            .find(query)
+            .sort([("at_us", DESCENDING), ("rollout_id", ASCENDING)])
+        )
+        return [
+            RolloutStatusRecord(
+                entity_id,
+                d["rollout_id"],
+                d["firmware_id"],
+                d["orchestrator_id"],
+                d["state"],
                 time_of(d, "at"),
                 time_of(d, "received"),
                 load_json(d["body"]),

@@ -1,12 +1,17 @@
-"""Reports from gateways in SQLite: the latest status per beacon and per task, and a bounded
-history of firmware install steps."""
+"""Reports from gateways in SQLite: the latest status per beacon, per task and per rollout, and
+a bounded history of firmware install steps."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Final
 
-from navign_server.storage.base import BeaconStatusRecord, FirmwareStatusRecord, TaskStatusRecord
+from navign_server.storage.base import (
+    BeaconStatusRecord,
+    FirmwareStatusRecord,
+    RolloutStatusRecord,
+    TaskStatusRecord,
+)
 from navign_server.storage.sqlite_db import SqliteDatabase, run
 from navign_server.storage.sqlite_orchestrators import PRUNE_BATCH
 from navign_server.storage.sqlite_schema import compact_json, from_us, load_json, to_us
@@ -131,6 +136,52 @@ class ReportTables(SqliteDatabase):
         return [
             TaskStatusRecord(
                 entity_id, r[0], r[1], r[2], from_us(r[3]), from_us(r[4]), load_json(r[5])
+            )
+            for r in rows
+        ]
+
+    async def record_rollout_status(self, record: RolloutStatusRecord) -> None:
+        r = record
+        async with self._write() as tx:
+            await run(
+                tx.conn,
+                "INSERT INTO rollout_status (entity_id, rollout_id, firmware_id, orchestrator_id,"
+                " state, at_us, received_us, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (entity_id, rollout_id) DO UPDATE SET"
+                " firmware_id = excluded.firmware_id,"
+                " orchestrator_id = excluded.orchestrator_id, state = excluded.state,"
+                " at_us = excluded.at_us, received_us = excluded.received_us,"
+                " body = excluded.body WHERE excluded.at_us >= rollout_status.at_us",
+                (
+                    r.entity_id,
+                    r.rollout_id,
+                    r.firmware_id,
+                    r.orchestrator_id,
+                    r.state,
+                    to_us(r.at),
+                    to_us(r.received_at),
+                    compact_json(r.body),
+                ),
+            )
+
+    async def list_rollout_statuses(
+        self,
+        entity_id: str,
+        *,
+        state: str | None = None,
+        firmware_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RolloutStatusRecord]:
+        rows = await self._query(
+            "SELECT rollout_id, firmware_id, orchestrator_id, state, at_us, received_us, body"
+            " FROM rollout_status WHERE entity_id = ?"
+            " AND (? IS NULL OR state = ?) AND (? IS NULL OR firmware_id = ?)"
+            " ORDER BY at_us DESC, rollout_id LIMIT ?",
+            (entity_id, state, state, firmware_id, firmware_id, limit),
+        )
+        return [
+            RolloutStatusRecord(
+                entity_id, r[0], r[1], r[2], r[3], from_us(r[4]), from_us(r[5]), load_json(r[6])
             )
             for r in rows
         ]

@@ -319,11 +319,27 @@ _V3_REPORTS: Final[tuple[Step, ...]] = (
     "CREATE INDEX task_status_by_time ON task_status (entity_id, received_us)",
 )
 
+_V4_ROLLOUT_REPORTS: Final[tuple[Step, ...]] = (
+    """CREATE TABLE rollout_status (
+        entity_id TEXT NOT NULL REFERENCES entities (id),
+        rollout_id TEXT NOT NULL,
+        firmware_id TEXT NOT NULL,
+        orchestrator_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        at_us INTEGER NOT NULL,
+        received_us INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (entity_id, rollout_id)
+    ) STRICT""",
+    "CREATE INDEX rollout_status_by_time ON rollout_status (entity_id, at_us)",
+)
+
 #: Every migration this code knows, in order. Append; never edit one that has shipped.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial schema", _V1_CORE + _V1_CREDENTIALS),
     Migration(2, "firmware releases and assignments", _V2_RELEASES),
     Migration(3, "reports from gateways", _V3_REPORTS),
+    Migration(4, "rollout reports from gateways", _V4_ROLLOUT_REPORTS),
 )
 
 _BOOTSTRAP = """CREATE TABLE IF NOT EXISTS schema_migrations (
