@@ -37,7 +37,7 @@ DEFAULT_DUMP: Final[dict[str, Any]] = {
     "release_keys": [],
     "release_threshold": 1,
     "secure_version": 0,
-    "ota": {"trial_boots": 3, "health_timeout_s": 120},
+    "ota": {"trial_boots": 3, "health_timeout_s": 120, "report_interval_s": 30},
 }
 
 
@@ -62,7 +62,7 @@ VALID: Final[dict[str, Any]] = {
     "release_keys": [KEYS[0], KEYS[1].upper(), KEYS[2]],
     "release_threshold": 2,
     "secure_version": 7,
-    "ota": {"trial_boots": 5, "health_timeout_s": 300},
+    "ota": {"trial_boots": 5, "health_timeout_s": 300, "report_interval_s": 10},
 }
 VALID_DUMP: Final[dict[str, Any]] = {
     **VALID,
@@ -423,6 +423,11 @@ CASES: Final[list[Case]] = [
     bad("ota.health_timeout_s", 120.5, "wrong_type", 120),
     ok("ota.health_timeout_s", 10),
     ok("ota.health_timeout_s", 3600),
+    bad("ota.report_interval_s", 4, "out_of_range", 30),
+    bad("ota.report_interval_s", 3601, "out_of_range", 30),
+    bad("ota.report_interval_s", True, "wrong_type", 30),
+    ok("ota.report_interval_s", 5),
+    ok("ota.report_interval_s", 3600),
     field_case("ota-unknown-member", {"ota.trials": 4}, [("ota.trials", "unknown")], {}),
     # unknown top-level keys: recorded, nothing falls back
     field_case("unknown-key", {"majr": 1}, [("majr", "unknown")], {}),

@@ -17,7 +17,6 @@ from navign import adv, ota
 from navign.errors import NavignError, Refused
 
 WDT_MS = 10000
-REPORT_EVERY_MS = 30000
 RETRY_MIN_MS = 2000
 RETRY_MAX_MS = 60000
 TICK_MS = 100
@@ -200,7 +199,7 @@ def main():
                     raise NavignError("gateway", "not found")
                 answer = wifi.report()
                 retry = RETRY_MIN_MS
-                next_report = time.ticks_add(time.ticks_ms(), REPORT_EVERY_MS)
+                next_report = time.ticks_add(time.ticks_ms(), cfg.report_interval_s * 1000)
                 if trial and advertiser.up:
                     trial = _commit(status, advertiser, trial, trial_info)
                     next_report = time.ticks_ms()  # tell the gateway at once

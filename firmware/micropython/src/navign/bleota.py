@@ -24,6 +24,11 @@ ABORTED = const(0x87)
 WINDOW = const(8)  # DATA frames between ACKs
 FRAME_HEAD = const(8)  # seq u16, offset u32, length u16
 FRAME_TAIL = const(4)  # CRC-32 of the payload
+# Received DATA bytes not yet handled: what the data characteristic accumulated (at most its
+# 4 KiB buffer) plus the part of a frame left from the last read. Allocated once, at the OFFER
+# (before verification fragments the heap): growing and slicing a buffer for every read needed
+# large contiguous blocks, and a lossy link (a NACK leaves two windows queued) ran out of them.
+RX_CAPACITY = const(4096 + 512)
 
 
 class Transfer:
@@ -37,7 +42,8 @@ class Transfer:
         self.sink = None
         self.frames = 0
         self.nacked = -1
-        self.rx = bytearray()
+        self.rx = bytearray(RX_CAPACITY)
+        self.rx_len = 0
 
     def kind(self):
         return self.manifest and self.manifest.get("kind")
@@ -119,7 +125,7 @@ class Transfer:
     def _accept(self):
         if self.sink is None:
             self.sink = ota.sink_for(self.manifest, self.manifest_sha256, self.gatt.cfg)
-        self.rx = bytearray()
+        self.rx_len = 0
         self.frames = 0
         self.nacked = -1
         self.gatt.status.set_ota("receiving")
@@ -129,13 +135,22 @@ class Transfer:
         )
 
     def data(self, data):
-        self.rx.extend(data)
         rx = self.rx
+        n = len(data)
+        if self.rx_len + n > RX_CAPACITY:
+            # More than a frame's remainder and a full characteristic buffer: not our gateway.
+            self.rx_len = 0
+            raise Refused("protocol", "DATA overflow")
+        rx[self.rx_len : self.rx_len + n] = data
+        filled = self.rx_len + n
         pos = 0
-        while len(rx) - pos >= FRAME_HEAD:
+        while filled - pos >= FRAME_HEAD:
             _seq, offset, length = struct.unpack_from("<HIH", rx, pos)
             end = pos + FRAME_HEAD + length + FRAME_TAIL
-            if len(rx) < end:
+            if length > RX_CAPACITY - FRAME_HEAD - FRAME_TAIL:
+                self.rx_len = 0
+                raise Refused("protocol", "DATA frame too long")
+            if filled < end:
                 break
             payload = memoryview(rx)[pos + FRAME_HEAD : end - FRAME_TAIL]
             crc = struct.unpack_from("<I", rx, end - FRAME_TAIL)[0]
@@ -156,7 +171,11 @@ class Transfer:
             self.frames += 1
             if self.frames % WINDOW == 0 or self.sink.resume_offset() >= self.sink.total:
                 self.gatt.notify(struct.pack("<BI", ACK, self.sink.resume_offset()))
-        self.rx = rx[pos:]
+        # Keep the unfinished frame at the front (an in-place move: no allocation).
+        left = filled - pos
+        if left and pos:
+            rx[0:left] = memoryview(rx)[pos:filled]
+        self.rx_len = left
 
     def _commit(self):
         if self.sink is None or self.sink.resume_offset() < self.sink.total:

@@ -22,7 +22,7 @@
 # Config attributes: beacon_id, entity_uuid, uuid_bytes, major, minor, measured_power, tx_power,
 # adv_interval_ms, chip, wifi (None or {"ssid", "password"}), gateway (None or {"host", "port"}),
 # release_keys (list of 65-byte bytes), release_threshold, secure_version, trial_boots,
-# health_timeout_s, errors, fallback, can_update.
+# health_timeout_s, report_interval_s, errors, fallback, can_update.
 
 import binascii
 import errno
@@ -59,6 +59,7 @@ DEFAULT_ADV_INTERVAL_MS = const(200)
 DEFAULT_GATEWAY_PORT = const(8080)
 DEFAULT_TRIAL_BOOTS = const(3)
 DEFAULT_HEALTH_TIMEOUT_S = const(120)
+DEFAULT_REPORT_INTERVAL_S = const(30)
 MAX_RELEASE_KEYS = const(8)
 
 _KEYS = (
@@ -105,6 +106,7 @@ class Config:
         self.secure_version = 0
         self.trial_boots = DEFAULT_TRIAL_BOOTS
         self.health_timeout_s = DEFAULT_HEALTH_TIMEOUT_S
+        self.report_interval_s = DEFAULT_REPORT_INTERVAL_S
         self.errors = []
 
     @property
@@ -250,7 +252,8 @@ def _apply(cfg, doc):
         else:
             _int_field(cfg, v, "trial_boots", 1, 10, "ota.")
             _int_field(cfg, v, "health_timeout_s", 10, 3600, "ota.")
-            _unknown(cfg, v, ("trial_boots", "health_timeout_s"), "ota.")
+            _int_field(cfg, v, "report_interval_s", 5, 3600, "ota.")
+            _unknown(cfg, v, ("trial_boots", "health_timeout_s", "report_interval_s"), "ota.")
 
     _unknown(cfg, doc, _KEYS, "")
 
@@ -442,7 +445,11 @@ def dump(cfg, redact=False):
         "release_keys": [binascii.hexlify(k).decode() for k in cfg.release_keys],
         "release_threshold": cfg.release_threshold,
         "secure_version": cfg.secure_version,
-        "ota": {"trial_boots": cfg.trial_boots, "health_timeout_s": cfg.health_timeout_s},
+        "ota": {
+            "trial_boots": cfg.trial_boots,
+            "health_timeout_s": cfg.health_timeout_s,
+            "report_interval_s": cfg.report_interval_s,
+        },
     }
     if cfg.wifi is not None:
         d["wifi"] = {
