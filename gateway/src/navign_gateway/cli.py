@@ -94,6 +94,28 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_hash(args: argparse.Namespace) -> int:
+    import secrets
+
+    from navign_gateway.grpc_ops_auth import MIN_TOKEN_CHARS, token_digest
+
+    if args.generate:
+        token = secrets.token_urlsafe(32)
+        print(f"token  {token}")
+        print(f"sha256 {token_digest(token)}")
+        return 0
+    token = sys.stdin.readline().strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        print(
+            f"navign-gateway: give a token of at least {MIN_TOKEN_CHARS} characters on stdin "
+            "(or use --generate)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    print(token_digest(token))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="navign-gateway", description="Navign mall gateway.")
     parser.add_argument("--version", action="version", version=f"navign-gateway {__version__}")
@@ -117,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--full", action="store_true", help="a full sync instead of a delta")
     p.set_defaults(func=cmd_sync_now)
+    p = commands.add_parser(
+        "token-hash",
+        help="print the SHA-256 of a gRPC token read from stdin, for [grpc] in the configuration",
+    )
+    p.add_argument(
+        "--generate", action="store_true", help="make a new random token; print it and its digest"
+    )
+    p.set_defaults(func=cmd_token_hash)
     for name, func, text in (
         ("keygen", cmd_keygen, "create the gateway's identity key (never replaces one)"),
         ("show-key", cmd_show_key, "print the public key and fingerprint for pre-registration"),
