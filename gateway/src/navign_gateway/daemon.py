@@ -36,7 +36,7 @@ from navign_gateway import __version__
 from navign_gateway.announce import FirmwareAnnouncer
 from navign_gateway.backoff import Backoff, FailureLog
 from navign_gateway.beacon_http import add_beacon_routes
-from navign_gateway.beacons import BeaconInventory
+from navign_gateway.beacons import BeaconInventory, BeaconRecord
 from navign_gateway.ble.advertise import ReleaseAdvertiser, advertised_releases
 from navign_gateway.ble.push import BleCentral, BlePusher
 from navign_gateway.ble.scan import BeaconScanner
@@ -45,6 +45,7 @@ from navign_gateway.credentials import Credentials
 from navign_gateway.db import Database
 from navign_gateway.firmware import CacheBudgetError, DiskFullError, FirmwareCache, FirmwareRejected
 from navign_gateway.firmware_http import add_firmware_routes
+from navign_gateway.grpc_ops import AccessPolicy, WatchStreams, ops_servicers
 from navign_gateway.grpc_service import (
     OrchestratorServicer,
     start_grpc_server,
@@ -63,6 +64,8 @@ from navign_gateway.tasks import TaskEngine
 from navign_gateway.uplink import Uplink, UplinkState
 from navign_gateway.upstream import Upstream, UpstreamError, raise_for_error
 from navign_proto.wire import (
+    BeaconStatus,
+    BeaconStatusReport,
     CommandType,
     ConfigUpdateEvent,
     DataUpdateEvent,
@@ -72,6 +75,7 @@ from navign_proto.wire import (
     HeartbeatMetrics,
     HeartbeatRequest,
     HeartbeatResponse,
+    OtaState,
     ResyncRequiredEvent,
     TaskCreateEvent,
     TaskStatusReport,
@@ -81,16 +85,22 @@ log = logging.getLogger(__name__)
 
 STOP_SECONDS = 5.0
 HEARTBEAT_PATH = "/api/orchestrators/heartbeat"
+BEACON_REPORT_PATH = "/api/orchestrators/reports/beacons"
+#: The inventory's changes go to the server this often (in batches of at most 1,000).
+BEACON_REPORT_SECONDS = 15.0
+BEACON_BATCH_MAX = 1000
+#: Beacons fetching a release over Wi-Fi at once (the gateway's HTTP port serves them).
+WIFI_CONCURRENCY = 50
 TASK_REPORT_PATH = "/api/orchestrators/reports/tasks"
 STATE_EXECUTED_COMMANDS = "heartbeat.executed_commands"
 #: Executed command ids remembered, so a lost acknowledgement never repeats one (§3.7).
 REMEMBERED_COMMANDS = 200
 #: Server commands acting on a rollout (§3.7), and the engine's action for each.
-ROLLOUT_COMMANDS: Final = {
-    "rollout_pause": "pause",
-    "rollout_resume": "resume",
-    "rollout_abort": "abort",
-    "rollout_approve": "approve",
+ROLLOUT_COMMANDS: Final[dict[str, str]] = {
+    CommandType.ROLLOUT_PAUSE: "pause",
+    CommandType.ROLLOUT_RESUME: "resume",
+    CommandType.ROLLOUT_ABORT: "abort",
+    CommandType.ROLLOUT_APPROVE: "approve",
 }
 #: Exit code asking systemd (Restart=always) to start the gateway again.
 EXIT_RESTART = 75
@@ -102,6 +112,32 @@ def client_ssl(config: GatewayConfig) -> ssl.SSLContext:
     if config.ca_bundle is None:
         return ssl.create_default_context()
     return ssl.create_default_context(cafile=str(config.ca_bundle))
+
+
+def _reported_fields(record: BeaconRecord) -> tuple[object, ...]:
+    return (
+        record.mac,
+        record.firmware_version,
+        record.app_version,
+        record.ota_state,
+        record.rollout_state,
+        record.transport,
+    )
+
+
+def _beacon_status(record: BeaconRecord) -> BeaconStatus:
+    """An inventory record as the server's beacon status (§3.16): the rollout state while a
+    rollout updates the beacon, else ``idle``."""
+    rssi = record.rssi if record.rssi is not None and -127 <= record.rssi <= 20 else None
+    return BeaconStatus(
+        beacon_id=record.beacon_id,
+        mac=record.mac,
+        firmware_version=record.firmware_version,
+        app_version=record.app_version,
+        ota_state=OtaState(record.rollout_state) if record.rollout_state else OtaState.IDLE,
+        rssi=rssi,
+        last_seen=datetime.fromtimestamp(record.last_seen, UTC),
+    )
 
 
 class RestartRequestedError(Exception):
@@ -141,6 +177,7 @@ class Gateway:
         self.http_port = 0
         self.grpc_port = 0
         self._heartbeat_failures = FailureLog(log, "heartbeat")
+        self._beacon_reported_at: dict[str, float] = {}
         self._uplink_state = Gauge(
             "orchestrator_uplink_state",
             "1 for the uplink's current state",
@@ -202,6 +239,8 @@ class Gateway:
 
         self.inventory = BeaconInventory(self.db)
         await self.inventory.open()
+        self._beacons_to_report: set[str] = {r.beacon_id for r in self.inventory.all()}
+        self.inventory.subscribe(self._beacon_changed)
         await self._load_mall_beacons()
         self.ble = self._ble_central() if config.ble.enabled else None
         self.rollouts = RolloutEngine(
@@ -210,6 +249,7 @@ class Gateway:
             self.firmware.get,
             config.entity_id,
             ble=BlePusher(self.ble) if self.ble is not None else None,
+            wifi_concurrency=WIFI_CONCURRENCY,
             ble_concurrency=config.ble.max_connections,
         )
         await self.rollouts.open()
@@ -224,11 +264,23 @@ class Gateway:
         await self._start_http()
         self._announce_firmware()
         servicer = OrchestratorServicer(self.robots, self.tasks)
-        server, self.grpc_port = await start_grpc_server(config.listen.grpc, [servicer.register])
+        streams = WatchStreams()
+        ops = ops_servicers(
+            access=AccessPolicy.from_config(config.grpc),
+            status=self.status,
+            inventory=self.inventory,
+            firmware=self.firmware,
+            rollouts=self.rollouts,
+            streams=streams,
+            max_concurrent=WIFI_CONCURRENCY + config.ble.max_connections,
+        )
+        server, self.grpc_port = await start_grpc_server(
+            config.listen.grpc, [servicer.register, *ops]
+        )
         self.grpc_server = server
         # Towers see their streams end with OK, not CANCELLED.
         self._stack.push_async_callback(
-            stop_grpc_server, server, 1.0, end_streams=[servicer.end_streams]
+            stop_grpc_server, server, 1.0, end_streams=[servicer.end_streams, streams.end_streams]
         )
 
         self.uplink = Uplink(
@@ -254,6 +306,7 @@ class Gateway:
         self._spawn(self.rollouts.run(), "rollouts")
         self._spawn(self.inventory.run_flusher(), "inventory")
         self._spawn(self._follow_mall_beacons(), "mall-beacons")
+        self._spawn(self._report_beacons(), "beacon-reports")
         if self.ble is not None:
             self._spawn(BeaconScanner(self.ble, self.inventory).run(), "ble-scan")
             if config.ble.advertise and config.ble.backend == "bluez":
@@ -379,6 +432,40 @@ class Gateway:
         return BleCentral(
             max_connections=ble.max_connections, client_backend=client, scanner_backend=scanner
         )
+
+    def _beacon_changed(self, record: BeaconRecord, before: BeaconRecord | None) -> None:
+        """A change worth telling the server (§3.16): anything but RSSI and last seen alone,
+        which go along with the next report anyway."""
+        if before is None or _reported_fields(record) != _reported_fields(before):
+            self._beacons_to_report.add(record.beacon_id)
+        elif record.last_seen - self._beacon_reported_at.get(record.beacon_id, 0.0) > 300:
+            self._beacons_to_report.add(record.beacon_id)  # liveness, every 5 minutes
+
+    async def _report_beacons(self, period: float = BEACON_REPORT_SECONDS) -> None:
+        """The inventory's changes to the server, in batches; kept for the next try on failure."""
+        failures = FailureLog(log, "beacon reports")
+        while True:
+            await asyncio.sleep(period)
+            ids = sorted(self._beacons_to_report)[:BEACON_BATCH_MAX]
+            records = [r for r in map(self.inventory.get, ids) if r is not None and r.last_seen]
+            if not records:
+                self._beacons_to_report.difference_update(ids)
+                continue
+            report = BeaconStatusReport(
+                entity_id=self.config.entity_id,
+                beacons=[_beacon_status(r) for r in records],
+            )
+            try:
+                body = report.model_dump(mode="json", exclude_none=True)
+                async with self.upstream.request("POST", BEACON_REPORT_PATH, json_body=body) as r:
+                    await raise_for_error(r)
+            except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                failures.failed(exc)
+                continue
+            failures.recovered()
+            self._beacons_to_report.difference_update(ids)
+            for record in records:
+                self._beacon_reported_at[record.beacon_id] = record.last_seen
 
     async def _follow_mall_beacons(self, period: float = 10.0) -> None:
         """Reload the mall's beacons whenever the copy moved on (a sync by any path)."""
@@ -527,6 +614,8 @@ class Gateway:
                     await self.credentials.refresh_now()
                 elif command.type == CommandType.RESTART:
                     restart = True
+                elif command.type == CommandType.REPORT_INVENTORY:
+                    self._beacons_to_report.update(r.beacon_id for r in self.inventory.all())
                 elif command.type in ROLLOUT_COMMANDS:
                     await self._rollout_command(command.type, command.params)
                 else:

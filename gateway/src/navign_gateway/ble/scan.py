@@ -27,14 +27,16 @@ from bleak.exc import BleakError
 from navign_gateway.backoff import Backoff, FailureLog
 from navign_gateway.beacon_http import BeaconReport
 from navign_gateway.beacons import BeaconInventory
-from navign_gateway.ble.frames import NAVIGN_SERVICE, parse_ibeacon, parse_status
+from navign_gateway.ble.frames import NAVIGN_SERVICE, parse_ibeacon, parse_status, version_core
 from navign_gateway.ble.push import INFO, BleCentral, PushFailedError
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING_READS: Final = 64
-#: An unnamed advertiser is read at most this often.
-READ_RETRY_SECONDS: Final = 60.0
+#: An advertiser is read (unnamed, or showing other versions than recorded) at most this often.
+READ_RETRY_SECONDS: Final = 20.0
+#: Rollout states in which a push may be connected to the beacon (a beacon serves one central).
+PUSHING: Final = frozenset({"offered", "transferring", "verifying", "installing", "rebooting"})
 
 
 class BeaconScanner:
@@ -55,13 +57,28 @@ class BeaconScanner:
         address = device.address.upper()
         beacon_id = self._inventory.identify(address, status, ibeacon)
         if beacon_id is None:
-            now = time.monotonic()
-            if now - self._read_at.get(address, -READ_RETRY_SECONDS) >= READ_RETRY_SECONDS:
-                self._read_at[address] = now
-                with contextlib.suppress(asyncio.QueueFull):
-                    self._reads.put_nowait(address)
+            self._read_later(address)
             return
-        self._inventory.record_advertisement(beacon_id, address, status, adv.rssi)
+        record = self._inventory.record_advertisement(beacon_id, address, status, adv.rssi)
+        busy = record.rollout_state in PUSHING  # a push holds the beacon's one connection
+        if status is not None and not busy and not record.reachable_over_wifi(time.time()):
+            # The frame carries only version cores: a change (an update, a rollback) is read in
+            # full from the beacon's info characteristic.
+            app, firmware = (
+                version_core(record.app_version or ""),
+                version_core(record.firmware_version or ""),
+            )
+            if (app is None or app[0] != status.app) or (
+                firmware is None or firmware[0] != status.firmware
+            ):
+                self._read_later(address)
+
+    def _read_later(self, address: str) -> None:
+        now = time.monotonic()
+        if now - self._read_at.get(address, -READ_RETRY_SECONDS) >= READ_RETRY_SECONDS:
+            self._read_at[address] = now
+            with contextlib.suppress(asyncio.QueueFull):
+                self._reads.put_nowait(address)
 
     async def _read_info(self, address: str) -> None:
         async with self._central.connected(address, 20.0) as link:

@@ -1,0 +1,114 @@
+"""A release published on the server reaches every beacon of a mall, canary first, through the real
+gateway: 20 simulated beacons running the real firmware, 10 reaching the gateway over Wi-Fi and
+10 only over BLE (through the simulated radio). What the server shows, and what the beacons
+themselves advertise, is what is checked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from navign_firmware.fleet import LiveBeacon
+from navign_proto.grpc.navign.gateway.v1 import gateway_pb2 as pb
+
+from ..conftest import ENTITY
+from .mall import Mall, started, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROLLOUT_TIMEOUT = 420.0
+TRIAL_FLAG = 0x02
+
+
+@pytest.fixture
+def mall(tmp_path: Path) -> Iterator[Mall]:
+    yield from started(tmp_path / "mall")
+
+
+def advertised(beacon: LiveBeacon) -> tuple[str, bool] | None:
+    """The app version and trial flag of the beacon's latest status frame (§8.4)."""
+    for event in reversed(beacon.events):
+        if event.get("ev") == "adv" and event.get("resp"):
+            frame = bytes.fromhex(event["resp"])
+            return ".".join(str(b) for b in frame[28:31]), bool(frame[19] & TRIAL_FLAG)
+    return None
+
+
+def beacon_results(mall: Mall, release: str) -> dict[str, dict[str, Any]]:
+    """The server's latest firmware status per beacon (the gateway's own cache left out)."""
+    beacons = mall.firmware_status(release)["beacons"]
+    return {b: r for b, r in beacons.items() if b in mall.ids}
+
+
+def rollout_report(mall: Mall, rollout_id: str, state: str) -> dict[str, Any] | None:
+    return next(
+        (r for r in mall.rollouts() if r["rollout_id"] == rollout_id and r["state"] == state), None
+    )
+
+
+def test_a_release_reaches_all_twenty_beacons_canary_first(mall: Mall) -> None:
+    wait_for(
+        "all beacons reported by the gateway",
+        lambda: set(mall.beacon_statuses()) >= set(mall.ids),
+        120,
+    )
+    inventory = mall.grpc_beacons()
+    assert sorted(b.beacon_id for b in inventory) == mall.ids
+    transports = {b.beacon_id: b.transport for b in inventory}
+    assert {transports[b] for b in mall.wifi_ids} == {pb.TRANSPORT_WIFI}
+    assert {transports[b] for b in set(mall.ids) - mall.wifi_ids} == {pb.TRANSPORT_BLE}
+
+    release = mall.release_id(mall.publish_app("1.1.0"))
+    policy = mall.root / "policy.json"
+    policy.write_text('{"manual_approval": true}')
+    rollout_id = mall.assign(release, "--canary", "2", "--policy", str(policy))
+
+    # The canary wave runs, then the rollout holds for an operator: by then exactly the two
+    # canaries have the release, committed, and no other beacon has heard of it.
+    wait_for(
+        "the rollout holding after the canary",
+        lambda: rollout_report(mall, rollout_id, "holding"),
+        ROLLOUT_TIMEOUT,
+    )
+    held = beacon_results(mall, release)
+    assert len(held) == 2, held
+    assert {r["status"] for r in held.values()} == {"success"}
+    canaries = set(held)
+    time.sleep(3)
+    assert set(beacon_results(mall, release)) == canaries  # still held
+
+    # The operator approves wave 2 from the server (a heartbeat command to the gateway).
+    approved = mall.admin_cli("rollout", "approve", ENTITY, rollout_id, "--wave", "2")
+    assert approved.returncode == 0, approved.stderr
+
+    def all_confirmed() -> dict[str, Any] | None:
+        beacons = beacon_results(mall, release)
+        done = [b for b in mall.ids if beacons.get(b, {}).get("status") == "success"]
+        return beacons if len(done) == len(mall.ids) else None
+
+    wait_for("20 beacons confirmed", all_confirmed, ROLLOUT_TIMEOUT, every=2.0)
+    report = wait_for(
+        "the rollout reported completed",
+        lambda: rollout_report(mall, rollout_id, "completed"),
+        60,
+    )
+    assert report["counts"]["confirmed"] == 20
+    assert report["wave_count"] == 2
+    # Each beacon says so itself: it advertises 1.1.0, not on trial.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = {b: advertised(mall.beacon(b)) for b in mall.ids}
+        if set(shown.values()) == {("1.1.0", False)}:
+            break
+        time.sleep(0.5)
+    assert set(shown.values()) == {("1.1.0", False)}, shown
+    # And the server's inventory follows (the gateway reports changes every 15 s).
+    wait_for(
+        "the server's beacon status showing 1.1.0",
+        lambda: {mall.beacon_statuses()[b].get("app_version") for b in mall.ids} == {"1.1.0"},
+        90,
+    )
