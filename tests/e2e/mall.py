@@ -212,6 +212,22 @@ class Mall:
             reply = stub.ListBeacons(pb.ListBeaconsRequest(page_size=1000), metadata=metadata)
         return list(reply.beacons)
 
+    def grpc_rollout(self, rollout_id: str) -> Any:
+        """The gateway's rollout with its entries, or None while it does not know it."""
+        assert self.gateway is not None
+        metadata = (("authorization", f"Bearer {self.grpc_token}"),)
+        with grpc.insecure_channel(f"127.0.0.1:{self.gateway.grpc_port}") as channel:
+            stub = pb_grpc.RolloutServiceStub(channel)
+            try:
+                reply = stub.GetRollout(
+                    pb.GetRolloutRequest(rollout_id=rollout_id), metadata=metadata, timeout=10
+                )
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    return None
+                raise
+        return reply.rollout
+
     # -- navign-admin -----------------------------------------------------------------------
 
     def admin_cli(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from navign_firmware.fleet import LiveBeacon
+from navign_proto import keys
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2 as pb
 
 from ..conftest import ENTITY
@@ -112,3 +113,109 @@ def test_a_release_reaches_all_twenty_beacons_canary_first(mall: Mall) -> None:
         lambda: {mall.beacon_statuses()[b].get("app_version") for b in mall.ids} == {"1.1.0"},
         90,
     )
+
+
+def test_a_release_failing_its_health_check_rolls_back_the_canaries_and_halts(
+    mall: Mall,
+) -> None:
+    wait_for(
+        "all beacons reported by the gateway",
+        lambda: set(mall.beacon_statuses()) >= set(mall.ids),
+        120,
+    )
+    # A release signed by a key the server does not trust is refused, and nothing is stored.
+    stranger = mall.root / "stranger.pem"
+    stranger.write_bytes(keys.private_key_to_pem(keys.generate_private_key()))
+    refused = mall.publish_app("1.0.9", key=stranger)
+    assert refused.returncode != 0
+    assert "FIRMWARE_SIGNATURE_INVALID" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert mall.admin_get("/api/admin/releases")["releases"] == []
+
+    # A properly signed release whose app cannot start: each canary tries it on trial, fails
+    # its health check and goes back by itself; the first rollback halts the rollout.
+    broken = b"raise RuntimeError('this build cannot start')\n"
+    release = mall.release_id(mall.publish_app("1.1.0", patch={"navign/app.py": broken}))
+    rollout_id = mall.assign(release, "--canary", "2")
+    report = wait_for(
+        "the rollout halted",
+        lambda: rollout_report(mall, rollout_id, "halted"),
+        ROLLOUT_TIMEOUT,
+    )
+    assert "trial_failed" in report["state_reason"], report
+
+    def canaries_rolled_back() -> dict[str, dict[str, Any]] | None:
+        results = beacon_results(mall, release)
+        rolled = {b: r for b, r in results.items() if r["status"] == "rolled_back"}
+        return rolled if len(rolled) == 2 else None
+
+    rolled = wait_for("both canaries rolled back", canaries_rolled_back, ROLLOUT_TIMEOUT)
+    assert {r["error_code"] for r in rolled.values()} == {"trial_failed"}
+    time.sleep(5)
+    assert set(beacon_results(mall, release)) == set(rolled)  # nobody else heard of it
+    # Every beacon runs the old app, committed; the canaries say so themselves too.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        shown = {b: advertised(mall.beacon(b)) for b in mall.ids}
+        if set(shown.values()) == {("1.0.0", False)}:
+            break
+        time.sleep(0.5)
+    assert set(shown.values()) == {("1.0.0", False)}, shown
+    halted = rollout_report(mall, rollout_id, "halted")
+    assert halted is not None
+    assert halted["counts"]["pending"] == 18
+
+
+@pytest.fixture
+def slow_mall(tmp_path: Path) -> Iterator[Mall]:
+    # BLE at 6 KB/s: a push of the app (about 48 KB) takes several seconds, long enough to
+    # stop the gateway and cut a beacon's power in the middle of it.
+    yield from started(tmp_path / "mall", wifi=3, ble=3, link={"throughput_bytes_per_s": 6000})
+
+
+def test_a_gateway_restarted_and_a_beacon_cut_mid_transfer_both_resume(slow_mall: Mall) -> None:
+    mall = slow_mall
+    assert mall.gateway is not None
+    wait_for(
+        "all beacons reported by the gateway",
+        lambda: set(mall.beacon_statuses()) >= set(mall.ids),
+        120,
+    )
+    release = mall.release_id(mall.publish_app("1.1.0"))
+    rollout_id = mall.assign(release, "--canary", "100%")
+
+    def transferring() -> list[Any] | None:
+        rollout = mall.grpc_rollout(rollout_id)
+        if rollout is None:
+            return None
+        moving = [
+            b
+            for b in rollout.beacons
+            if b.state == pb.OTA_STATE_TRANSFERRING and b.bytes_transferred > 4096
+        ]
+        return moving or None
+
+    moving = wait_for("a BLE transfer under way", transferring, ROLLOUT_TIMEOUT, every=0.2)
+    # The gateway dies (no clean stop), and one beacon in the middle of its transfer loses power.
+    mall.gateway.kill()
+    cut = moving[0].beacon_id
+    mall.beacon(cut).cut_power(off_for=2.0)
+    mall.gateway.start()
+
+    def all_confirmed() -> dict[str, Any] | None:
+        beacons = beacon_results(mall, release)
+        done = [b for b in mall.ids if beacons.get(b, {}).get("status") == "success"]
+        return beacons if len(done) == len(mall.ids) else None
+
+    wait_for("every beacon confirmed", all_confirmed, ROLLOUT_TIMEOUT, every=2.0)
+    report = wait_for(
+        "the rollout reported completed",
+        lambda: rollout_report(mall, rollout_id, "completed"),
+        60,
+    )
+    assert report["counts"]["confirmed"] == len(mall.ids)
+    rollout = mall.grpc_rollout(rollout_id)
+    assert rollout.state == pb.ROLLOUT_STATE_COMPLETED
+    # Continued, not started over: no beacon needed more than its attempt and one retry.
+    assert max(b.attempts for b in rollout.beacons) <= 2
+    assert mall.beacon(cut).power_ons >= 2

@@ -91,7 +91,9 @@ def test_power_cuts_at_random_moments_never_leave_a_broken_beacon(
         for path, data in device_files.items()
         if path.startswith("app/a/")
     }
-    board = make_beacon(beacon_config(gateway.port, ota={"trial_boots": 3, "health_timeout_s": 15}))
+    # Check-ins every 5 s: an update fits well inside one power-on even on a loaded machine.
+    ota = {"trial_boots": 3, "health_timeout_s": 15, "report_interval_s": 5}
+    board = make_beacon(beacon_config(gateway.port, ota=ota))
     gateway.faults.rate = 400_000  # about a slow WiFi link: downloads take a good part of a second
     plan = Plan()
     current = plan.next()
