@@ -10,9 +10,12 @@
 #   6. The mall's gateway runs: it enrolls, syncs the mall and serves it on its local API.
 #   7. A release is published (verified against the release key) and assigned to the mall; the
 #      gateway fetches, verifies and serves it; a release signed by another key is refused.
+#   8. A second mall with a gateway and a dozen simulated beacons (the real firmware on the
+#      MicroPython unix port; half on Wi-Fi, half only on BLE) gets a release rolled out, canary
+#      first, with live progress and a summary of how many beacons confirmed it.
 #
-# Every command here is the real tool; nothing is simulated. As the server, gateway and firmware
-# land, this script grows into server + gateway + simulated beacons with a live OTA rollout.
+# Every command here is the real tool. What is simulated is named: the beacons' hardware (flash,
+# radio) in step 8.
 set -euo pipefail
 
 work=${1:?usage: run.sh WORK_DIR}
@@ -186,5 +189,8 @@ PY
 echo "   a release signed with a key the server does not trust:"
 refused navign-admin release publish --key rogue.pem --name navign-beacon-app --version 1.2.0 \
   --target esp32c3 --secure-version 1 --app-dir app --channel stable
+
+step "8. A rollout you can watch: a dozen simulated beacons (the real firmware), Wi-Fi and BLE"
+python "$here/demo/rollout.py" "$work/harbour" release.pem
 
 step "Done. Everything above ran for real in $work"

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         ["bash", str(ROOT / "demo" / "run.sh"), str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
         env=env,
     )
@@ -33,4 +33,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "imported 27 documents into mall-riverside" in out
     assert "assigned to mall-riverside" in out
     assert "FIRMWARE_SIGNATURE_INVALID" in out
+    assert "rollout of fw-esp32-1.1.0-" in out
+    assert "confirmed on 12 of 12 beacons" in out
     assert f"Everything above ran for real in {tmp_path / 'demo'}" in out.strip().splitlines()[-1]
