@@ -6,7 +6,7 @@ themselves advertise, is what is checked."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,28 @@ def beacon_results(mall: Mall, release: str) -> dict[str, dict[str, Any]]:
     """The server's latest firmware status per beacon (the gateway's own cache left out)."""
     beacons = mall.firmware_status(release)["beacons"]
     return {b: r for b, r in beacons.items() if b in mall.ids}
+
+
+def all_confirmed(mall: Mall, release: str) -> Callable[[], dict[str, Any] | None]:
+    """A check: every beacon's latest status for ``release`` is success."""
+
+    def check() -> dict[str, Any] | None:
+        beacons = beacon_results(mall, release)
+        done = [b for b in mall.ids if beacons.get(b, {}).get("status") == "success"]
+        return beacons if len(done) == len(mall.ids) else None
+
+    return check
+
+
+def all_advertise(mall: Mall, version: str, seconds: float) -> None:
+    """Wait until every beacon advertises ``version`` as its app, not on trial (§8.4)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        shown = {b: advertised(mall.beacon(b)) for b in mall.ids}
+        if set(shown.values()) == {(version, False)} or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    assert set(shown.values()) == {(version, False)}, shown
 
 
 def rollout_report(mall: Mall, rollout_id: str, state: str) -> dict[str, Any] | None:
@@ -86,12 +108,7 @@ def test_a_release_reaches_all_twenty_beacons_canary_first(mall: Mall) -> None:
     approved = mall.admin_cli("rollout", "approve", ENTITY, rollout_id, "--wave", "2")
     assert approved.returncode == 0, approved.stderr
 
-    def all_confirmed() -> dict[str, Any] | None:
-        beacons = beacon_results(mall, release)
-        done = [b for b in mall.ids if beacons.get(b, {}).get("status") == "success"]
-        return beacons if len(done) == len(mall.ids) else None
-
-    wait_for("20 beacons confirmed", all_confirmed, ROLLOUT_TIMEOUT, every=2.0)
+    wait_for("20 beacons confirmed", all_confirmed(mall, release), ROLLOUT_TIMEOUT, every=2.0)
     report = wait_for(
         "the rollout reported completed",
         lambda: rollout_report(mall, rollout_id, "completed"),
@@ -100,13 +117,7 @@ def test_a_release_reaches_all_twenty_beacons_canary_first(mall: Mall) -> None:
     assert report["counts"]["confirmed"] == 20
     assert report["wave_count"] == 2
     # Each beacon says so itself: it advertises 1.1.0, not on trial.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        shown = {b: advertised(mall.beacon(b)) for b in mall.ids}
-        if set(shown.values()) == {("1.1.0", False)}:
-            break
-        time.sleep(0.5)
-    assert set(shown.values()) == {("1.1.0", False)}, shown
+    all_advertise(mall, "1.1.0", 30)
     # And the server's inventory follows (the gateway reports changes every 15 s).
     wait_for(
         "the server's beacon status showing 1.1.0",
@@ -154,13 +165,7 @@ def test_a_release_failing_its_health_check_rolls_back_the_canaries_and_halts(
     time.sleep(5)
     assert set(beacon_results(mall, release)) == set(rolled)  # nobody else heard of it
     # Every beacon runs the old app, committed; the canaries say so themselves too.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        shown = {b: advertised(mall.beacon(b)) for b in mall.ids}
-        if set(shown.values()) == {("1.0.0", False)}:
-            break
-        time.sleep(0.5)
-    assert set(shown.values()) == {("1.0.0", False)}, shown
+    all_advertise(mall, "1.0.0", 60)
     halted = rollout_report(mall, rollout_id, "halted")
     assert halted is not None
     assert halted["counts"]["pending"] == 18
@@ -202,12 +207,7 @@ def test_a_gateway_restarted_and_a_beacon_cut_mid_transfer_both_resume(slow_mall
     mall.beacon(cut).cut_power(off_for=2.0)
     mall.gateway.start()
 
-    def all_confirmed() -> dict[str, Any] | None:
-        beacons = beacon_results(mall, release)
-        done = [b for b in mall.ids if beacons.get(b, {}).get("status") == "success"]
-        return beacons if len(done) == len(mall.ids) else None
-
-    wait_for("every beacon confirmed", all_confirmed, ROLLOUT_TIMEOUT, every=2.0)
+    wait_for("every beacon confirmed", all_confirmed(mall, release), ROLLOUT_TIMEOUT, every=2.0)
     report = wait_for(
         "the rollout reported completed",
         lambda: rollout_report(mall, rollout_id, "completed"),
