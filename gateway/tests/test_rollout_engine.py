@@ -473,3 +473,41 @@ async def test_waiting_for_the_release_then_planning(h: Harness) -> None:
 @pytest.fixture
 def h(harness: Harness) -> Harness:
     return harness
+
+
+class RebootingBle(ScriptedBle):
+    """Transfers at once, then stays in its post-reboot check-in until ``checked_in`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(PushResult("committed"))
+        self.checked_in = asyncio.Event()
+
+    async def push(
+        self, address: str, release: CachedRelease, progress: Callable[[EntryState, int], None]
+    ) -> PushResult:
+        self.calls.append(address)
+        progress(EntryState.TRANSFERRING, release.size)
+        progress(EntryState.REBOOTING, release.size)
+        await self.checked_in.wait()
+        return self.outcome
+
+
+async def test_a_beacon_rebooting_into_its_update_frees_its_transfer_slot(h: Harness) -> None:
+    h.ble = RebootingBle()
+    h.engine = h.new_engine(ble_concurrency=1)
+    await h.engine.open()
+    for i in (1, 2, 3):
+        h.inventory.record_advertisement(f"b-{i:02d}", f"AA:BB:CC:00:00:0{i}", None, -60)
+        h.inventory.record_report(report(f"b-{i:02d}"), transport="ble")
+    await h.engine.submit(event({"canary_size": {"percent": 100}}), seq=1)
+    for _ in range(6):
+        await h.engine.step()
+        await asyncio.sleep(0.02)
+    # One transfer at a time, yet all three are transferred: each freed the slot on reboot.
+    assert len(h.ble.calls) == 3
+    assert set(h.states().values()) == {"rebooting"}
+    h.ble.checked_in.set()
+    for _ in range(10):
+        await h.engine.step()
+        await asyncio.sleep(0.02)
+    assert set(h.states().values()) == {"confirmed"}

@@ -463,7 +463,13 @@ class RolloutEngine:
         if release is None:
             return  # evicted or refused after planning: wait for the cache to have it again
         wifi_free = self._wifi_concurrency - self._in_flight("wifi")
-        ble_free = self._ble_concurrency - len(self._ble_tasks)
+        # A beacon rebooting into its update holds no connection (its check-in takes one
+        # briefly, within the central's limit): the next transfer may start meanwhile.
+        ble_free = self._ble_concurrency - sum(
+            1
+            for rid, bid in self._ble_tasks
+            if self._rollouts[rid].entries[bid].state is not EntryState.REBOOTING
+        )
         started = rollout.wave_started_at or now
         for entry in sorted(wave, key=lambda e: e.beacon_id):
             if entry.state is not EntryState.PENDING or entry.not_before > now:
