@@ -38,6 +38,7 @@ PLAN: list[tuple[str, list[str]]] = [
     ("gateway_firmware", ["--sizes-mib", "1", "4", "--rounds", "5", "--seconds", "5"]),
     ("gateway_daemon", ["--documents", "50000", "--runs", "5"]),
     ("firmware_beacon", ["--verify-runs", "50", "--runs", "3", "--image-kib", "1024"]),
+    ("rollout", ["--wifi", "100", "--ble", "9", "--image-kib", "128"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("sse_fanout", ["--streams", "100", "--changes", "100"]),
@@ -49,6 +50,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("gateway_firmware", ["--rounds", "1", "--seconds", "1"]),
     ("gateway_daemon", ["--documents", "10000", "--runs", "1", "--idle", "2"]),
     ("firmware_beacon", ["--verify-runs", "5", "--runs", "1", "--image-kib", "256"]),
+    ("rollout", ["--wifi", "4", "--ble", "3", "--single-runs", "1", "--image-kib", "32"]),
 ]  # fmt: skip
 
 

@@ -24,7 +24,7 @@ import grpc
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from navign_firmware import build, fleet
+from navign_firmware import build, flash, fleet
 from navign_firmware.air import Air, address_from_uid
 from navign_firmware.fleet import Fleet, LiveBeacon
 from navign_proto import keys
@@ -254,6 +254,16 @@ class Mall:
             "release", "publish", "--key", str(key or self.key_file),
             "--name", "navign-beacon-app", "--version", version, "--target", "esp32",
             "--secure-version", "0", "--app-dir", str(app), "--channel", "stable", "--json",
+        )  # fmt: skip
+
+    def publish_image(self, version: str, size: int) -> subprocess.CompletedProcess[str]:
+        """``navign-admin release publish`` of a simulated MicroPython image of ``size`` bytes."""
+        image = self.root / f"image-{version}.bin"
+        image.write_bytes(flash.make_image(version, "esp32", size))
+        return self.admin_cli(
+            "release", "publish", "--key", str(self.key_file),
+            "--name", "navign-beacon-fw", "--version", version, "--target", "esp32",
+            "--secure-version", "0", "--image", str(image), "--channel", "stable", "--json",
         )  # fmt: skip
 
     def release_id(self, published: subprocess.CompletedProcess[str]) -> str:

@@ -47,7 +47,7 @@ from navign_firmware.sim import Boot, Event, SimBeacon
 
 logger = logging.getLogger(__name__)
 
-MAX_FLEET: Final = 64
+MAX_FLEET: Final = 128
 #: The simulated mall's Wi-Fi (host/network.py's access point, NAVIGN_SIM_WIFI).
 WIFI_SSID: Final = "mall-ops"
 WIFI_PASSWORD: Final = "correct horse"  # noqa: S105 - the simulated access point
