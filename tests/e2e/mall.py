@@ -8,9 +8,11 @@ what the server shows (per-beacon firmware status, rollout reports) and what the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -201,6 +203,15 @@ class Mall:
     def rollouts(self) -> list[dict[str, Any]]:
         body = self.admin_get(f"/api/admin/entities/{ENTITY}/rollouts")
         return list(body["rollouts"])
+
+    def pinned(self, release_id: str) -> bool | None:
+        """Whether the gateway's cache pins the release (read-only look at its database)."""
+        database = self.root / "gateway" / "data" / "gateway.sqlite3"
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT pinned FROM firmware_releases WHERE firmware_id = ?", (release_id,)
+            ).fetchone()
+        return None if row is None else bool(row[0])
 
     # -- the gateway's operator API (navign.gateway.v1) ------------------------------------------
 

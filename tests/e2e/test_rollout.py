@@ -118,6 +118,8 @@ def test_a_release_reaches_all_twenty_beacons_canary_first(mall: Mall) -> None:
     assert report["wave_count"] == 2
     # Each beacon says so itself: it advertises 1.1.0, not on trial.
     all_advertise(mall, "1.1.0", 30)
+    # The finished rollout no longer pins its release in the gateway's cache (evictable again).
+    wait_for("the release unpinned", lambda: mall.pinned(release) is False, 30, every=0.5)
     # And the server's inventory follows (the gateway reports changes every 15 s).
     wait_for(
         "the server's beacon status showing 1.1.0",

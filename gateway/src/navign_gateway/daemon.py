@@ -43,7 +43,13 @@ from navign_gateway.ble.scan import BeaconScanner
 from navign_gateway.config import ConfigError, GatewayConfig
 from navign_gateway.credentials import Credentials
 from navign_gateway.db import Database
-from navign_gateway.firmware import CacheBudgetError, DiskFullError, FirmwareCache, FirmwareRejected
+from navign_gateway.firmware import (
+    CacheBudgetError,
+    DiskFullError,
+    FirmwareCache,
+    FirmwareCacheError,
+    FirmwareRejected,
+)
 from navign_gateway.firmware_http import add_firmware_routes
 from navign_gateway.grpc_ops import AccessPolicy, WatchStreams, ops_servicers
 from navign_gateway.grpc_service import (
@@ -57,7 +63,13 @@ from navign_gateway.localapi import add_local_api
 from navign_gateway.mallcopy import MallCopy, MallCopyError
 from navign_gateway.memory import release_memory
 from navign_gateway.robots import InvalidSelectionConfigError, RobotRegistry
-from navign_gateway.rollout import ReportSender, RolloutControlError, RolloutEngine
+from navign_gateway.rollout import (
+    Entry,
+    ReportSender,
+    Rollout,
+    RolloutControlError,
+    RolloutEngine,
+)
 from navign_gateway.sdnotify import Notifier, watchdog_period
 from navign_gateway.sync import SyncEngine
 from navign_gateway.tasks import TaskEngine
@@ -253,6 +265,8 @@ class Gateway:
             ble_concurrency=config.ble.max_connections,
         )
         await self.rollouts.open()
+        self.rollouts.subscribe(self._rollout_changed)
+        await self._unpin_finished_releases()
         self.reports = ReportSender(self.db, self._post_report)
         self.rollouts.on_outbox = self.reports.wake
 
@@ -416,6 +430,20 @@ class Gateway:
                 changed.clear()
 
         self._spawn(follow(), "ble-advertise")
+
+    def _rollout_changed(self, rollout: Rollout, _entries: list[Entry]) -> None:
+        if rollout.terminal:
+            self._background_task(self._unpin_finished_releases(), "firmware-unpin")
+
+    async def _unpin_finished_releases(self) -> None:
+        """A release stays pinned in the cache (never evicted) while a rollout that is not
+        finished carries it; after that it is an ordinary cached release again."""
+        needed = {r.firmware_id for r in self.rollouts.rollouts() if not r.terminal}
+        for release in self.firmware.list():
+            if release.pinned and release.firmware_id not in needed:
+                with contextlib.suppress(FirmwareCacheError):
+                    await self.firmware.unpin(release.firmware_id)
+                    log.info("firmware %s unpinned: no rollout needs it", release.firmware_id)
 
     def _ble_central(self) -> BleCentral:
         """bleak on BlueZ, or (tests) the backends of the module ``ble.backend`` names."""
