@@ -53,7 +53,8 @@ navign-proto release verify release.dsse.json --trust release.pem.pub --artifact
 
 echo "   a gateway tampers with one byte of a file:"
 cp -r app app-tampered
-printf '\x00' | dd of=app-tampered/navign/app.mpy bs=1 seek=100 conv=notrunc status=none
+# (flip the byte's bits: writing a fixed value changes nothing when the byte already holds it)
+python -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[100] ^= 0xFF; open(p, "wb").write(b)' app-tampered/navign/app.mpy
 refused navign-proto release verify release.dsse.json --trust release.pem.pub --artifact app-tampered
 
 echo "   someone signs with a key the beacons do not trust:"
