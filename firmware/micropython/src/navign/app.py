@@ -181,7 +181,7 @@ def main():
         if gatt is not None:
             busy = gatt.process()
             if gatt.reset_due:
-                print("update installed over BLE, resetting")
+                print("BLE update installed, or the heap ran out: resetting")
                 reset_soon()
             if trial and gatt.checked_in and advertiser.up:
                 trial = _commit(status, advertiser, trial, trial_info)

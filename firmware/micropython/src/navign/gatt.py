@@ -203,7 +203,10 @@ class Gatt:
         except NavignError as exc:
             self.fail(exc)
         except MemoryError:
+            # A heap too fragmented for the transfer: say so, then restart with a clean heap;
+            # the gateway reconnects and the transfer resumes from what the flash holds.
             self.fail(Refused("low_memory", "free %d" % _free()))
+            self.reset_due = True
         return self.busy()
 
     def _control(self, msg):

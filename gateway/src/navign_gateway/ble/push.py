@@ -268,10 +268,10 @@ class BlePusher:
                     await link.expect(self.limits.reply * 3, DONE)
                     progress(EntryState.INSTALLING, total)
                     return
-            except RejectedError:
-                raise
             except PushFailedError as exc:
-                if exc.reason not in ("link_lost", "no_reply", "connect_failed"):
+                # A dropped link, or a beacon out of heap (it restarts with a clean one, §8.5):
+                # reconnect and OFFER again, the beacon resumes from what its flash holds.
+                if exc.reason not in ("link_lost", "no_reply", "connect_failed", "low_memory"):
                     raise
                 drops += 1
                 if drops > self.limits.reconnects:
