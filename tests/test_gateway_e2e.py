@@ -8,6 +8,7 @@ server reaching a robot tower over gRPC; systemd's notify protocol; the one-shot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import socket
@@ -19,10 +20,13 @@ from typing import Any
 
 import grpc
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from navign_proto import keys
 from navign_proto.checksums import MallChecksums
 from navign_proto.grpc import task_pb2, task_pb2_grpc
-from navign_proto.mall import COLLECTIONS
+from navign_proto.mall import COLLECTIONS, Chip
+from navign_proto.manifest import ImageEntry, ReleaseManifest, sign_manifest
 from navign_server.testing import ServerProcess
 
 from .conftest import ENTITY, EXAMPLE_MALL, GatewayProcess
@@ -55,6 +59,40 @@ def enrollment_token(server: ServerProcess, orchestrator_id: str = "gw-1") -> st
         assert response.status_code == 201, response.text
         token: str = response.json()["token"]
         return token
+
+
+def publish_image(
+    server: ServerProcess, key: ec.EllipticCurvePrivateKey, image: bytes, version: str
+) -> tuple[str, str]:
+    """An esp32 image release signed with ``key``, uploaded and assigned to the mall: its id
+    and its manifest_sha256 (the SHA-256 of the signed payload, §6.3), computed here."""
+    manifest = ReleaseManifest(
+        name="navign-beacon-fw",
+        version=version,
+        secure_version=1,
+        target=Chip.ESP32,
+        kind="image",
+        image=ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
+        created_at="2026-11-27T10:00:00Z",
+    )
+    with admin(server) as client:
+        created = client.post(
+            "/api/admin/releases",
+            json={"envelope": sign_manifest(manifest, [key]), "channel": "stable"},
+        )
+        assert created.status_code == 201, created.text
+        release_id: str = created.json()["release_id"]
+        uploaded = client.put(
+            f"/api/admin/releases/{release_id}/artifact",
+            content=image,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert uploaded.status_code == 200, uploaded.text
+        assigned = client.post(
+            f"/api/admin/entities/{ENTITY}/firmware-assignments", json={"release_id": release_id}
+        )
+        assert assigned.status_code == 201, assigned.text
+    return release_id, hashlib.sha256(manifest.to_bytes()).hexdigest()
 
 
 def server_checksum(server: ServerProcess) -> str:
@@ -339,12 +377,6 @@ def test_tokens_expire_and_are_refreshed_without_losing_events(
 def test_an_assigned_release_is_cached_verified_and_served(
     tmp_path: Path, gateways: Gateways
 ) -> None:
-    import hashlib
-
-    from navign_proto import keys
-    from navign_proto.mall import Chip
-    from navign_proto.manifest import ImageEntry, ReleaseManifest, sign_manifest
-
     release_key = keys.generate_private_key()
     pem = keys.public_key_to_pem(release_key.public_key())
     server = ServerProcess(
@@ -362,33 +394,7 @@ def test_an_assigned_release_is_cached_verified_and_served(
         gateway.start()
         gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
         image = bytes(random.Random(7).getrandbits(8) for _ in range(300_000))
-        manifest = ReleaseManifest(
-            name="navign-beacon-fw",
-            version="1.2.0",
-            secure_version=1,
-            target=Chip.ESP32,
-            kind="image",
-            image=ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
-            created_at="2026-11-27T10:00:00Z",
-        )
-        with admin(server) as client:
-            created = client.post(
-                "/api/admin/releases",
-                json={"envelope": sign_manifest(manifest, [release_key]), "channel": "stable"},
-            )
-            assert created.status_code == 201, created.text
-            release_id = created.json()["release_id"]
-            uploaded = client.put(
-                f"/api/admin/releases/{release_id}/artifact",
-                content=image,
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            assert uploaded.status_code == 200, uploaded.text
-            assigned = client.post(
-                f"/api/admin/entities/{ENTITY}/firmware-assignments",
-                json={"release_id": release_id},
-            )
-            assert assigned.status_code == 201, assigned.text
+        release_id, _ = publish_image(server, release_key, image, "1.2.0")
         deadline = time.monotonic() + SYNC_TIMEOUT
         served = local(gateway, f"/firmware/{release_id}")
         while served.status_code != 200 and time.monotonic() < deadline:

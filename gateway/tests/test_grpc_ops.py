@@ -59,6 +59,7 @@ from navign_proto.manifest import (
 from navign_proto.wire import FirmwareUpdateEvent
 
 from .conftest import ENTITY, T0, Clock, Reporter
+from .test_rollout_engine import report
 
 OPERATOR = "operator-token-for-the-tests-0001"
 READER = "reader-token-for-the-tests-00001"
@@ -137,21 +138,6 @@ class NoTokens:
 
 
 # -- beacons -------------------------------------------------------------------------------------
-
-
-def report(beacon_id: str, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "beacon_id": beacon_id,
-        "chip": "esp32",
-        "app_version": "1.0.0",
-        "firmware_version": "1.22.0",
-        "secure_version": 0,
-        "ota_state": "idle",
-        "trial": None,
-        "result": None,
-    }
-    body.update(fields)
-    return body
 
 
 class SteppedBle:

@@ -45,12 +45,10 @@ from navign_firmware import build, flash
 from navign_firmware.sim import SimBeacon
 from navign_firmware.testing import public_point_hex, release_key
 from navign_proto import keys
-from navign_proto.mall import Chip
-from navign_proto.manifest import ImageEntry, ReleaseManifest, sign_manifest
 from navign_server.testing import ServerProcess
 
 from ..conftest import ENTITY, GatewayProcess
-from ..test_gateway_e2e import admin, connected, enrollment_token, import_mall
+from ..test_gateway_e2e import connected, enrollment_token, import_mall, publish_image
 
 pytestmark = pytest.mark.requires("root", "netns")
 
@@ -211,36 +209,10 @@ class MdnsPeer:
 
 
 def publish_and_assign(server: ServerProcess, key: ec.EllipticCurvePrivateKey, version: str) -> str:
-    """An esp32 image release signed, uploaded and assigned to the mall; its manifest_sha256
-    (the SHA-256 of the signed payload, §6.3), computed here."""
-    image = hashlib.sha256(version.encode()).digest() * 1024  # 32 KiB
-    manifest = ReleaseManifest(
-        name="navign-beacon-fw",
-        version=version,
-        secure_version=1,
-        target=Chip.ESP32,
-        kind="image",
-        image=ImageEntry(size=len(image), sha256=hashlib.sha256(image).hexdigest()),
-        created_at="2026-11-27T10:00:00Z",
-    )
-    with admin(server) as client:
-        created = client.post(
-            "/api/admin/releases",
-            json={"envelope": sign_manifest(manifest, [key]), "channel": "stable"},
-        )
-        assert created.status_code == 201, created.text
-        release_id = created.json()["release_id"]
-        uploaded = client.put(
-            f"/api/admin/releases/{release_id}/artifact",
-            content=image,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        assert uploaded.status_code == 200, uploaded.text
-        assigned = client.post(
-            f"/api/admin/entities/{ENTITY}/firmware-assignments", json={"release_id": release_id}
-        )
-        assert assigned.status_code == 201, assigned.text
-    return hashlib.sha256(manifest.to_bytes()).hexdigest()
+    """An esp32 image release (32 KiB) signed, uploaded and assigned to the mall; its
+    manifest_sha256."""
+    image = hashlib.sha256(version.encode()).digest() * 1024
+    return publish_image(server, key, image, version)[1]
 
 
 def inventory_record(db: Path, beacon_id: str) -> dict[str, Any] | None:
