@@ -1,0 +1,1 @@
+"""Bench tools behind flash.sh: beacons, SD cards, self-tests."""
