@@ -14,6 +14,7 @@ usage: flash.sh COMMAND [OPTIONS]
 
   beacon  --port PORT [--port PORT ...] --chip esp32|esp32c3|esp32s3 --micropython FW.bin
           --config beacon.json [--erase] [--baud N] [--minor-start N] [--release-key KEY.pem]
+          [--record FILE.csv] [--record-server ENTITY]
           flash MicroPython and provision beacons (several ports in parallel)
   sd      IMAGE DEVICE --config gateway.toml [--dry-run] [--force]
           write a gateway image to an SD card and provision it

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from navign_server import __version__
+from navign_server.admin_cli_beacon import register as register_beacon
 from navign_server.admin_cli_gateways import register as register_gateways
 from navign_server.admin_cli_http import (
     AdminApi,
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_gateways(commands, common)
     register_release(commands, common)
     register_rollout(commands, common)
+    register_beacon(commands, common)
     return parser
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from navign_firmware import build
-from navign_firmware.flashing import fwimage, provision, tools
+from navign_firmware.flashing import fwimage, provision, record, tools
 from navign_firmware.flashing.display import BoardProgress
 from navign_firmware.unix import SRC
 
@@ -146,6 +146,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=Path,
         metavar="FILE.csv",
         help="append one row per board (MAC, id, result) to this CSV file",
+    )
+    p.add_argument(
+        "--record-server",
+        metavar="ENTITY",
+        help="record each PASS board's MAC, major, minor and chip in ENTITY's plan on the server "
+        "with navign-admin (connection from $NAVIGN_ADMIN_SERVER and $NAVIGN_ADMIN_TOKEN, or "
+        "--admin-server and --admin-token-file); the entity is checked before any board is touched",
+    )
+    p.add_argument("--admin-server", metavar="URL", help="server for --record-server")
+    p.add_argument(
+        "--admin-token-file", type=Path, metavar="FILE", help="admin token for --record-server"
     )
     p.set_defaults(run=run)
 
@@ -351,6 +362,8 @@ def _prepare(args: argparse.Namespace, stage: Path) -> _Batch:
     app_root = stage / "stage"
     app_root.mkdir()
     expected = _stage(app_root, args.chip)
+    if args.record_server is not None:
+        record.check_server(args.record_server, record.Connection.from_args(args))
     return _Batch(
         args.chip,
         args.baud,
@@ -399,4 +412,17 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         provision.record_csv(args.record, rows)
     passed = sum(r.ok for r in results)
     print(f"beacon: {passed} of {len(results)} boards provisioned", file=out, flush=True)
-    return 0 if passed == len(results) else 1
+    code = 0 if passed == len(results) else 1
+    if args.record_server is not None:
+        conn = record.Connection.from_args(args)
+        failures = record.record_on_server(args.record_server, results, args.chip, conn)
+        for line in failures:
+            print(line, file=out, flush=True)
+        print(
+            f"record: {passed - len(failures)} of {passed} beacons recorded on the server "
+            f"({args.record_server})",
+            file=out,
+            flush=True,
+        )
+        code = 1 if failures else code
+    return code

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from navign_firmware.flashing import beacon, bench, provision, sd, sdimage, tools
+from navign_firmware.flashing import beacon, bench, provision, record, sd, sdimage, tools
 
 PROG = "flash.sh"
 
@@ -34,7 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.run(args, sys.stdout)
-    except (beacon.BeaconError, provision.ProvisionError, sdimage.SdError, tools.ToolError) as exc:
+    except (
+        beacon.BeaconError,
+        provision.ProvisionError,
+        record.RecordError,
+        sdimage.SdError,
+        tools.ToolError,
+    ) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
