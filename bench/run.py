@@ -39,6 +39,7 @@ PLAN: list[tuple[str, list[str]]] = [
     ("gateway_daemon", ["--documents", "50000", "--runs", "5"]),
     ("firmware_beacon", ["--verify-runs", "50", "--runs", "3", "--image-kib", "1024"]),
     ("rollout", ["--wifi", "100", "--ble", "9", "--image-kib", "128"]),
+    ("flash", ["--runs", "5", "--parallel", "4", "--parallel-runs", "3"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("sse_fanout", ["--streams", "100", "--changes", "100"]),
@@ -51,6 +52,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("gateway_daemon", ["--documents", "10000", "--runs", "1", "--idle", "2"]),
     ("firmware_beacon", ["--verify-runs", "5", "--runs", "1", "--image-kib", "256"]),
     ("rollout", ["--wifi", "4", "--ble", "3", "--single-runs", "1", "--image-kib", "32"]),
+    ("flash", ["--runs", "1", "--parallel", "2", "--parallel-runs", "1", "--app-kib", "128"]),
 ]  # fmt: skip
 
 

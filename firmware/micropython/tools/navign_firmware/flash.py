@@ -109,10 +109,11 @@ def make_image(
     secure_version: int = 0,
     project: str = "navign-beacon",
     seed: int = 0,
+    filler: bytes | None = None,
 ) -> bytes:
     """An ESP-IDF app image of about ``size`` bytes whose ``esp_app_desc_t`` says ``version``:
     two segments (the descriptor in a DROM segment, filler in an IROM one), the XOR checksum and
-    the appended SHA-256."""
+    the appended SHA-256. The filler is random bytes, or ``filler`` repeated."""
     if chip not in CHIP_IDS:
         raise ValueError(f"unknown chip {chip!r}")
     if len(version.encode()) > 31 or len(project.encode()) > 31:
@@ -133,7 +134,10 @@ def make_image(
     )
     assert len(desc) == 256
     filler_len = max(16, size - 24 - 8 - len(desc) - 8 - 48) // 4 * 4
-    filler = random.Random(f"{version}/{seed}").randbytes(filler_len)  # noqa: S311 - filler
+    if filler:
+        code = (filler * (filler_len // len(filler) + 1))[:filler_len]
+    else:
+        code = random.Random(f"{version}/{seed}").randbytes(filler_len)  # noqa: S311 - filler
     header = struct.pack(
         "<BBBBIB3sHBHH4sB",
         IMAGE_MAGIC,
@@ -153,7 +157,7 @@ def make_image(
     assert len(header) == 24
     body = bytearray(header)
     checksum = 0xEF
-    for load_addr, data in ((0x3F400020, desc), (0x400D0020, filler)):
+    for load_addr, data in ((0x3F400020, desc), (0x400D0020, code)):
         body += struct.pack("<II", load_addr, len(data))
         body += data
         for b in data:

@@ -65,6 +65,7 @@ class Board:
         mac: bytes,
         faults: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        paced: bool = False,
     ) -> None:
         self.workdir = workdir
         self.chip = chip
@@ -72,7 +73,7 @@ class Board:
         if not self.flash_path.exists():
             with self.flash_path.open("wb") as f:
                 f.write(b"\xff" * FLASH_SIZE)
-        self.port = PtyPort()
+        self.port = PtyPort(paced=paced)
         self.rom = RomLoader(
             chip,
             self.flash_path,
@@ -194,6 +195,7 @@ class BoardProcess:
         chip: str = "esp32",
         mac: str = "a4:cf:12:00:00:01",
         faults: Sequence[str] = (),
+        paced: bool = False,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -216,6 +218,8 @@ class BoardProcess:
         ]
         for fault in faults:
             argv += ["--fault", fault]
+        if paced:
+            argv.append("--paced")
         self._log = (workdir / "board.log").open("ab")
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log
@@ -261,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mac", default="a4:cf:12:00:00:01")
     p.add_argument("--fault", action="append", default=[])
     p.add_argument("--stats", type=Path)
+    p.add_argument("--paced", action="store_true", help="move bytes at the host's baud rate")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     board = Board(
@@ -268,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chip=args.chip,
         mac=bytes.fromhex(args.mac.replace(":", "")),
         faults=args.fault,
+        paced=args.paced,
     )
     stop = [False]
 

@@ -11,6 +11,7 @@ Public: :func:`micropython_firmware`, :func:`write_firmware`.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from navign_firmware import flash
@@ -25,22 +26,40 @@ def micropython_firmware(
     version: str = "v1.29.0",
     app_size: int = 256 * 1024,
     layout: flash.FlashLayout | None = None,
+    like_code: bool = False,
 ) -> bytes:
-    """The bytes of a ``firmware.bin`` for ``chip`` (written at its bootloader offset)."""
+    """The bytes of a ``firmware.bin`` for ``chip`` (written at its bootloader offset). The app
+    is random bytes (zlib cannot shrink it), or with ``like_code`` bytes that compress about as
+    well as MicroPython's own firmware does (to about 65 %)."""
     table = layout or flash.layout()
     offset = BOOTLOADER_OFFSET[chip]
     ota0 = table.find("ota_0")
     bootloader = flash.make_image("v5.4-bootloader", chip, BOOTLOADER_SIZE, project="bootloader")
-    app = flash.make_image(version, chip, app_size, project="micropython", seed=7)
+    filler = _code_like(app_size) if like_code else None
+    app = flash.make_image(version, chip, app_size, project="micropython", seed=7, filler=filler)
     out = bytearray(b"\xff" * (ota0.offset - offset))
     out[0 : len(bootloader)] = bootloader
     out[TABLE_ADDRESS - offset : TABLE_ADDRESS - offset + 0xC00] = flash.partition_table(table)
     return bytes(out) + app
 
 
+def _code_like(size: int) -> bytes:
+    """Bytes with about 5 bits of entropy each, which zlib shrinks like Xtensa machine code."""
+    rng = random.Random(29)  # noqa: S311 - filler, not a secret
+    alphabet = bytes(rng.sample(range(256), 34))
+    return bytes(rng.choice(alphabet) for _ in range(size))
+
+
 def write_firmware(
-    path: Path, chip: str = "esp32", *, version: str = "v1.29.0", app_size: int = 256 * 1024
+    path: Path,
+    chip: str = "esp32",
+    *,
+    version: str = "v1.29.0",
+    app_size: int = 256 * 1024,
+    like_code: bool = False,
 ) -> Path:
     """:func:`micropython_firmware` written to ``path``."""
-    path.write_bytes(micropython_firmware(chip, version=version, app_size=app_size))
+    path.write_bytes(
+        micropython_firmware(chip, version=version, app_size=app_size, like_code=like_code)
+    )
     return path

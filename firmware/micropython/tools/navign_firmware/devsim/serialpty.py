@@ -5,6 +5,11 @@ nothing is echoed) before and between the host tool's runs; the master end is no
 Bytes the host never reads are dropped after a bounded wait, as a UART drops them when nobody
 listens. Counters tell how many bytes crossed the wire each way (for the benchmarks).
 
+A pty moves bytes as fast as the CPU allows. With ``paced=True`` the port moves them at the line
+rate the host set on its end (the baud rate pyserial puts in the pty's termios, which changes
+when esptool switches speed): 10 bits per byte (8N1), each direction on its own, as a UART
+does. The benchmarks use it; the tests do not.
+
 Public: :class:`PtyPort`.
 """
 
@@ -22,12 +27,22 @@ from typing import Final
 
 #: How long :meth:`PtyPort.write` waits for a host that reads nothing before dropping bytes.
 WRITE_WAIT: Final = 2.0
+#: A UART byte: start bit, 8 data bits, stop bit.
+BITS_PER_BYTE: Final = 10
+_BAUDS: Final = {
+    getattr(termios, f"B{rate}"): rate
+    for rate in (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1500000, 2000000)
+    if hasattr(termios, f"B{rate}")
+}
 
 
 class PtyPort:
     """A pty pair; the device reads and writes the master, the host opens :attr:`path`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, paced: bool = False) -> None:
+        self.paced = paced
+        self._rx_free = 0.0
+        self._tx_free = 0.0
         self.master, self._slave = pty.openpty()
         tty.setraw(self._slave, termios.TCSANOW)
         os.set_blocking(self.master, False)
@@ -39,6 +54,25 @@ class PtyPort:
 
     def fileno(self) -> int:
         return self.master
+
+    def baud(self) -> int | None:
+        """The baud rate the host set on the port (``None`` when unknown)."""
+        try:
+            speed = termios.tcgetattr(self._slave)[5]
+        except termios.error:
+            return None
+        return _BAUDS.get(int(speed))
+
+    def _pace(self, free_at: float, count: int) -> float:
+        """Wait until the line has carried ``count`` more bytes; returns when it is free."""
+        baud = self.baud() if self.paced else None
+        if not baud:
+            return free_at
+        now = time.monotonic()
+        done = max(now, free_at) + count * BITS_PER_BYTE / baud
+        if done > now:
+            time.sleep(done - now)
+        return done
 
     def read(self, timeout: float | None = None) -> bytes:
         """What the host sent (``b""`` when nothing came within ``timeout`` seconds)."""
@@ -55,11 +89,13 @@ class PtyPort:
                 return b""
             raise
         self.rx_bytes += len(data)
+        self._rx_free = self._pace(self._rx_free, len(data))
         return data
 
     def write(self, data: bytes) -> None:
         """Send ``data`` to the host; what it does not take within :data:`WRITE_WAIT` is
         dropped."""
+        self._tx_free = self._pace(self._tx_free, len(data))
         view = memoryview(data)
         deadline = time.monotonic() + WRITE_WAIT
         while view:
