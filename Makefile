@@ -34,7 +34,7 @@ env: $(UV)
 	@$(UV) sync --frozen --all-packages --quiet
 
 test: env
-	$(RUN) pytest
+	$(RUN) pytest $(PYTEST_ARGS)
 
 lint: env
 	$(RUN) ruff check .

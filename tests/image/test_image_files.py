@@ -1,0 +1,44 @@
+"""What the image is made of, checked without building it: the scripts pass shellcheck, and the
+example configuration on the boot partition is one the gateway accepts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from navign_gateway.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = ROOT / "image"
+SCRIPTS = [
+    IMAGE / "build",
+    IMAGE / "install.sh",
+    IMAGE / "hooks" / "essential.sh",
+    IMAGE / "hooks" / "customize.sh",
+    IMAGE / "files" / "usr" / "local" / "sbin" / "navign-firstboot",
+]
+
+
+@pytest.mark.requires("cmd:shellcheck")
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_finds_nothing(script: Path) -> None:
+    result = subprocess.run(
+        ["shellcheck", "--severity=style", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_example_configuration_is_valid() -> None:
+    config = load_config(IMAGE / "boot" / "navign" / "gateway.toml.example", env={})
+    assert config.orchestrator_id == "gw-riverside-1"
+
+
+def test_the_scripts_are_executable() -> None:
+    for script in SCRIPTS:
+        assert script.stat().st_mode & 0o111, script
