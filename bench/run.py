@@ -40,6 +40,7 @@ PLAN: list[tuple[str, list[str]]] = [
     ("firmware_beacon", ["--verify-runs", "50", "--runs", "3", "--image-kib", "1024"]),
     ("rollout", ["--wifi", "100", "--ble", "9", "--image-kib", "128"]),
     ("flash", ["--runs", "5", "--parallel", "4", "--parallel-runs", "3"]),
+    ("image", ["--boots", "3"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("sse_fanout", ["--streams", "100", "--changes", "100"]),

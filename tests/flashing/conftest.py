@@ -93,18 +93,23 @@ def template(tmp_path: Path) -> Callable[..., Path]:
 
 
 def flash_sh(
-    *args: str | Path, cwd: Path, timeout: float = FLASH_TIMEOUT
+    *args: str | Path,
+    cwd: Path,
+    timeout: float = FLASH_TIMEOUT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``flash.sh ARGS`` in ``cwd`` (esptool and mpremote configuration isolated there)."""
-    env = dict(os.environ)
-    env["HOME"] = str(cwd)
+    """``flash.sh ARGS`` in ``cwd`` (esptool and mpremote configuration isolated there, and no
+    ``NAVIGN_ADMIN_*`` of the caller's), with ``env`` added."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NAVIGN_ADMIN_")}
+    environment.update(env or {})
+    environment["HOME"] = str(cwd)
     cfg = cwd / "esptool.cfg"
     cfg.touch()
-    env["ESPTOOL_CFGFILE"] = str(cfg)
+    environment["ESPTOOL_CFGFILE"] = str(cfg)
     return subprocess.run(
         ["bash", str(FLASH_SH), *map(str, args)],
         cwd=cwd,
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=timeout,

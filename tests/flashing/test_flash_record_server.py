@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from navign_firmware.devsim.board import BoardProcess
 from navign_server.testing import ServerProcess
 
 from ..conftest import ENTITY, EXAMPLE_MALL
-from .conftest import FLASH_SH, FLASH_TIMEOUT
+from .conftest import flash_sh
 
 pytestmark = pytest.mark.slow
 
@@ -75,27 +74,6 @@ def mall_server(server_process: ServerProcess, tmp_path: Path) -> ServerProcess:
     done = _admin(server_process, "import", ENTITY, str(path))
     assert done.returncode == 0, done.stderr
     return server_process
-
-
-def flash_sh(
-    *args: str | Path, cwd: Path, env: dict[str, str], timeout: float = FLASH_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    """``flash.sh ARGS`` as the conftest's helper runs it, with ``env`` added."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("NAVIGN_ADMIN_")}
-    environment.update(env)
-    environment["HOME"] = str(cwd)
-    cfg = cwd / "esptool.cfg"
-    cfg.touch()
-    environment["ESPTOOL_CFGFILE"] = str(cfg)
-    return subprocess.run(
-        ["bash", str(FLASH_SH), *map(str, args)],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def _connection(server: ServerProcess) -> dict[str, str]:
