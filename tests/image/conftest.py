@@ -28,6 +28,9 @@ NEEDS = (
     "cmd:mkfs.vfat",
     "cmd:qemu-aarch64-static",
     "cmd:qemu-system-aarch64",
+    "cmd:ssh",
+    "cmd:debugfs",
+    "cmd:journalctl",
 )
 
 

@@ -64,8 +64,11 @@ def fat_write(card: Path, name: str, data: bytes, scratch: Path) -> None:
 class BootedGateway:
     """QEMU running ``card``; its serial console goes to ``workdir/console.log``."""
 
-    def __init__(self, card: Path, workdir: Path, server_port: int) -> None:
+    def __init__(
+        self, card: Path, workdir: Path, server_port: int, ssh_port: int | None = None
+    ) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
         self.card = card
@@ -98,7 +101,8 @@ class BootedGateway:
             # One relay process per guest connection (a tcp: chardev would be one stream
             # shared by every connection, mixing their bytes).
             f"user,id=n0,restrict=on,guestfwd=tcp:{host}:{port}-cmd:{sys.executable} "
-            f"{RELAY} 127.0.0.1 {server_port}",
+            f"{RELAY} 127.0.0.1 {server_port}"
+            + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else ""),
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             # A watchdog for systemd to arm (RuntimeWatchdogSec), as it arms the Pi's.
             "-device", "i6300esb",

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from navign_server.testing import ServerProcess
+from navign_server.testing import ServerProcess, free_port
 
 from ..conftest import ENTITY, EXAMPLE_MALL
 from .conftest import BUILD_TIMEOUT, NEEDS, ROOT
@@ -74,6 +74,29 @@ def _copy(image: Path, card: Path) -> None:
     subprocess.run(["cp", "--sparse=always", str(image), str(card)], timeout=300, check=True)
 
 
+def _heartbeats(client: httpx.Client) -> int:
+    answer = client.get(f"/api/admin/orchestrators/{ENTITY}/{ORCHESTRATOR}/heartbeats?limit=1000")
+    return len(answer.json()["heartbeats"]) if answer.status_code == 200 else 0
+
+
+def _wait_for_heartbeats(client: httpx.Client, gateway: BootedGateway, more_than: int) -> float:
+    """Seconds from QEMU's start until the server has more than ``more_than`` heartbeats."""
+    while time.monotonic() - gateway.started < BOOT_TIMEOUT and gateway.running():
+        if _heartbeats(client) > more_than:
+            return time.monotonic() - gateway.started
+        time.sleep(2)
+    raise AssertionError(f"no heartbeat; console:\n{gateway.console_text()[-6000:]}")
+
+
+def _ssh(key: Path, port: int, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "ConnectTimeout=30", "root@127.0.0.1", command],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
 def test_first_boot_installs_the_config_and_the_gateway_registers(
     built_image: Path, server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -86,49 +109,87 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
         token = str(created.json()["token"])
     config = tmp_path / "gateway.toml"
     config.write_text(_gateway_toml(token))
-    # The card: a file of the image's size, written and provisioned by flash.sh sd.
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    # The card: a file of the image's size, written and provisioned by flash.sh sd, SSH on.
     card = tmp_path / "card.img"
     subprocess.run(["truncate", "-s", str(built_image.stat().st_size), str(card)], check=True)
     written = subprocess.run(
-        [str(ROOT / "flash.sh"), "sd", str(built_image), str(card), "--config", str(config)],
+        [str(ROOT / "flash.sh"), "sd", str(built_image), str(card), "--config", str(config),
+         "--ssh-authorized-keys", f"{key}.pub"],
         capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert written.returncode == 0, written.stdout + written.stderr
 
-    gateway = BootedGateway(card, tmp_path / "qemu", server.port)
+    ssh_port = free_port()
+    first = BootedGateway(card, tmp_path / "boot1", server.port, ssh_port)
     try:
-        registered_after = None
         with _admin(server) as client:
-            while time.monotonic() - gateway.started < BOOT_TIMEOUT and gateway.running():
-                answer = client.get(f"/api/admin/orchestrators/{ENTITY}/{ORCHESTRATOR}")
-                if answer.status_code == 200 and answer.json().get("last_heartbeat"):
-                    registered_after = time.monotonic() - gateway.started
-                    break
-                time.sleep(2)
-        console = gateway.console_text()
-        assert registered_after is not None, f"no heartbeat; console:\n{console[-6000:]}"
-        # The power button: systemd stops everything and powers off (the journal is synced).
-        assert gateway.shut_down(), f"no clean shutdown; console:\n{gateway.console_text()[-3000:]}"
+            registered_after = _wait_for_heartbeats(client, first, 0)
+        # Inside: the root is read-only, the config is the gateway's alone, the hostname is set.
+        inside = _ssh(
+            key, ssh_port,
+            "findmnt -no OPTIONS /; findmnt -no FSTYPE /var; "
+            "stat -c %a:%U /etc/navign/gateway.toml; hostname; "
+            "systemctl is-active navign-gateway; touch /x 2>&1 || true",
+        )  # fmt: skip
+        assert inside.returncode == 0, inside.stderr
+        lines = inside.stdout.splitlines()
+        assert lines[0].split(",")[0] == "ro", lines
+        assert lines[1:5] == ["ext4", "600:navign", "navign-gw-qemu", "active"], lines
+        assert "Read-only file system" in lines[5], lines
     finally:
-        gateway.power_off()
+        first.power_off()  # a power cut, in the middle of the gateway's work
+    console = first.console_text()
     # For docs/benchmarks.md (an emulation figure, not a Pi's).
     (built_image.parent / "boot-to-registered.txt").write_text(f"{registered_after:.1f}\n")
-
     assert "navign-firstboot: installed the configuration" in console
-    journal = gateway.journal(tmp_path / "journal")
+
+    # After the power cut: the gateway comes back by itself, with its key (the token is gone).
+    with _admin(server) as client:
+        before = _heartbeats(client)
+        second = BootedGateway(card, tmp_path / "boot2", server.port, ssh_port)
+        try:
+            _wait_for_heartbeats(client, second, before)
+            # Its copy of the mall survived the cut, and it serves it on the mall network.
+            served = _ssh(
+                key, ssh_port,
+                "python3 -c \"import urllib.request as u; "
+                "print(u.urlopen('http://127.0.0.1:8080/local/v1/beacons').read().decode())\"",
+            )  # fmt: skip
+            assert served.returncode == 0, served.stderr
+            beacons = json.loads(served.stdout)["documents"]
+            assert len(beacons) == len(json.loads(EXAMPLE_MALL.read_text())["beacons"])
+            # The power button: systemd stops everything and powers off (the journal is synced).
+            assert second.shut_down(), f"no clean shutdown:\n{second.console_text()[-3000:]}"
+        finally:
+            second.power_off()
+    assert "navign-firstboot" not in second.console_text().replace("Navign gateway first", "")
+
+    # The provisioning file was consumed; the token is no longer on the card.
+    names = fat_list(card, "navign")
+    assert "gateway.toml" not in names, names
+    report = fat_read(card, "navign/firstboot-report.txt")
+    assert report is not None
+    assert report.startswith(b"navign first boot: OK"), report
+    installed = fat_read(card, "navign/gateway.toml.installed")
+    assert installed is not None
+    assert token.encode() not in installed
+    assert b'orchestrator_id = "gw-qemu"' in installed
+
+    journal = second.journal(tmp_path / "journal")
     messages = [e.get("MESSAGE", "") for e in journal]
     assert not [m for m in messages if m.startswith("Failed to start")], [
         m for m in messages if "Failed" in m
     ]
     # systemd armed the (virtual) hardware watchdog, as it does the Pi's.
     assert any("hardware watchdog" in m.lower() for m in messages), "no hardware watchdog"
-    # The gateway ran as its own user, and stopped within its 5 s on the way down.
     ours = [e for e in journal if e.get("SYSLOG_IDENTIFIER") == "navign-gateway"]
-    assert ours, "the gateway logged nothing"
     said = [e.get("MESSAGE", "") for e in ours]
-    # It synced the mall (through QEMU's forwarding to the server on the host) without a fault.
-    assert any("full sync at seq" in m for m in said), said[-20:]
+    # After the power cut it came back without a fault (its own key; the token was gone).
+    assert any("ready: http :8080" in m for m in said), said[-20:]
     assert not [m for m in said if "uplink failed" in m or "unexpected failure" in m]
+    # It ran as its own user, and stopped within its 5 s on the way down.
     uids = {e.get("_UID") for e in ours}
     assert uids
     assert "0" not in uids, uids
@@ -143,16 +204,6 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
     assert stopping
     assert stopped
     assert (max(stopped) - max(stopping)) / 1e6 < 5.0
-    # The provisioning file was consumed; the token is no longer on the card.
-    names = fat_list(card, "navign")
-    assert "gateway.toml" not in names, names
-    report = fat_read(card, "navign/firstboot-report.txt")
-    assert report is not None
-    assert report.startswith(b"navign first boot: OK"), report
-    installed = fat_read(card, "navign/gateway.toml.installed")
-    assert installed is not None
-    assert token.encode() not in installed
-    assert b'orchestrator_id = "gw-qemu"' in installed
 
 
 def test_a_bad_provisioning_file_leaves_a_report_and_no_gateway(
