@@ -44,6 +44,6 @@ mkdir -p "$root/boot/firmware/navign"
 install -m 644 "$here/boot/navign/README.txt" "$here/boot/navign/gateway.toml.example" \
     "$root/boot/firmware/navign/"
 
-run systemctl enable navign-firstboot.service navign-gateway.service systemd-networkd.service systemd-resolved.service \
+run systemctl enable navign-growvar.service navign-firstboot.service navign-gateway.service systemd-networkd.service systemd-resolved.service \
     systemd-timesyncd.service >/dev/null 2>&1
 echo "navign-gateway" > "$root/etc/hostname"

@@ -30,6 +30,8 @@ pytestmark = [
 #: From power-on to the first heartbeat, under emulation (about 2 minutes here).
 BOOT_TIMEOUT = 600.0
 ORCHESTRATOR = "gw-qemu"
+#: The stand-in SD card: larger than the image, so that /var has room to grow.
+CARD_SIZE = 3 * 1024**3
 
 
 @pytest.fixture
@@ -111,9 +113,9 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
     config.write_text(_gateway_toml(token))
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    # The card: a file of the image's size, written and provisioned by flash.sh sd, SSH on.
+    # The card: a file larger than the image, written and provisioned by flash.sh sd, SSH on.
     card = tmp_path / "card.img"
-    subprocess.run(["truncate", "-s", str(built_image.stat().st_size), str(card)], check=True)
+    subprocess.run(["truncate", "-s", str(CARD_SIZE), str(card)], check=True)
     written = subprocess.run(
         [str(ROOT / "flash.sh"), "sd", str(built_image), str(card), "--config", str(config),
          "--ssh-authorized-keys", f"{key}.pub"],
@@ -131,13 +133,16 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
             key, ssh_port,
             "findmnt -no OPTIONS /; findmnt -no FSTYPE /var; "
             "stat -c %a:%U /etc/navign/gateway.toml; hostname; "
-            "systemctl is-active navign-gateway; touch /x 2>&1 || true",
+            "systemctl is-active navign-gateway; touch /x 2>&1 || true; "
+            "df -B1 --output=size /var | tail -n 1",
         )  # fmt: skip
         assert inside.returncode == 0, inside.stderr
         lines = inside.stdout.splitlines()
         assert lines[0].split(",")[0] == "ro", lines
         assert lines[1:5] == ["ext4", "600:navign", "navign-gw-qemu", "active"], lines
         assert "Read-only file system" in lines[5], lines
+        # /var grew to the rest of the card at first boot.
+        assert int(lines[6]) > CARD_SIZE - built_image.stat().st_size, lines
     finally:
         first.power_off()  # a power cut, in the middle of the gateway's work
     console = first.console_text()
@@ -214,7 +219,8 @@ def test_a_bad_provisioning_file_leaves_a_report_and_no_gateway(
     bad = _gateway_toml("x" * 32).replace(f"http://{SERVER_ADDRESS}", "ftp://nowhere")
     fat_write(card, "navign/gateway.toml", bad.encode(), tmp_path)
 
-    gateway = BootedGateway(card, tmp_path / "qemu", server.port)
+    ssh_port = free_port()
+    gateway = BootedGateway(card, tmp_path / "qemu", server.port, ssh_port)
     try:
         report = None
         while time.monotonic() - gateway.started < BOOT_TIMEOUT and gateway.running():
@@ -230,6 +236,11 @@ def test_a_bad_provisioning_file_leaves_a_report_and_no_gateway(
         with _admin(server) as client:
             listed = client.get("/api/admin/orchestrators").json()
         assert ORCHESTRATOR not in json.dumps(listed)
+        # No `ssh` file on the card: no SSH server (the forwarded port leads nowhere).
+        key = tmp_path / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        refused = _ssh(key, ssh_port, "true")
+        assert refused.returncode == 255, refused
     finally:
         gateway.power_off()
     assert report.startswith(b"navign first boot: FAILED"), report

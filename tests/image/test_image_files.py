@@ -16,12 +16,18 @@ SCRIPTS = [
     IMAGE / "hooks" / "essential.sh",
     IMAGE / "hooks" / "customize.sh",
     IMAGE / "files" / "usr" / "local" / "sbin" / "navign-firstboot",
+    IMAGE / "files" / "usr" / "local" / "sbin" / "navign-growvar",
 ]
 
 
 def test_the_example_configuration_is_valid() -> None:
     config = load_config(IMAGE / "boot" / "navign" / "gateway.toml.example", env={})
     assert config.orchestrator_id == "gw-riverside-1"
+
+
+def test_the_python_script_compiles() -> None:
+    source = (IMAGE / "files" / "usr" / "local" / "sbin" / "navign-growvar").read_text()
+    compile(source, "navign-growvar", "exec")
 
 
 def test_the_scripts_are_executable() -> None:
