@@ -4,6 +4,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from navign_proto import keys
 from navign_proto.errors import KeyFormatError, SignatureInvalidError, SignatureMalformedError
@@ -16,6 +17,18 @@ def test_public_key_forms_load_to_the_same_key() -> None:
     assert len(point) == 65
     ids = {keys.key_id(keys.load_public_key(form)) for form in (pem, point, point.hex())}
     assert ids == {keys.key_id(public)}
+
+
+def test_a_raw_point_whose_last_byte_is_whitespace_loads() -> None:
+    # Found by CI: a random key's point ended in b"\r" and was stripped to 64 bytes.
+    for scalar in range(1, 2000):
+        public = ec.derive_private_key(scalar, ec.SECP256R1()).public_key()
+        point = keys.public_key_to_point(public)
+        if point[-1:] in (b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c"):
+            break
+    else:
+        raise AssertionError("no such key among the first 2,000")
+    assert keys.key_id(keys.load_public_key(point)) == keys.key_id(public)
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,9 @@ def public_key_to_point(key: ec.EllipticCurvePublicKey) -> bytes:
 def load_public_key(data: str | bytes) -> ec.EllipticCurvePublicKey:
     """Load a P-256 public key from PEM, or from the uncompressed point (raw bytes or hex)."""
     raw = data.encode("ascii", "replace") if isinstance(data, str) else data
-    stripped = raw.strip()
+    # A raw point is binary: its bytes may be anything, whitespace included (never strip it).
+    is_raw_point = isinstance(data, bytes) and len(data) == POINT_LENGTH and data[0] == 4
+    stripped = raw if is_raw_point else raw.strip()
     try:
         if stripped.startswith(b"-----BEGIN"):
             key = serialization.load_pem_public_key(stripped)
