@@ -96,11 +96,7 @@ class Bench:
         if result.code != 0:
             raise RuntimeError(f"esptool failed: {result.output[-2000:]}")
         result = tools.run_tool(
-            tools.mpremote_argv(
-                board.port, "exec", beacon.WIPE,
-                "+", "fs", "cp", "-r", "boot.py", "main.py", "app", str(self.config), ":",
-                "+", "soft-reset", "+", "exec", beacon.READBACK, "+", "reset",
-            ),
+            beacon.provision_argv(board.port, self.config),
             timeout=TIMEOUT,
             cwd=self.stage,
         )  # fmt: skip

@@ -15,7 +15,8 @@ A board is PASS only when every read-back value equals what was sent. Everything
 checked without a board (ports, the firmware file, the template and every rendered config,
 keys) is checked before the first board is touched.
 
-Public: :func:`add_parser`, :func:`run`, :class:`BoardResult`, :data:`WIPE`, :data:`READBACK`.
+Public: :func:`add_parser`, :func:`run`, :func:`provision_argv`, :class:`BoardResult`, :data:`WIPE`,
+:data:`READBACK`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ WIPE: Final = (
     "del _rm"
 )
 READBACK: Final = "import navign.selftest as t\nt.run()\nt.files()"
+
+
+def provision_argv(port: str, config: Path) -> list[str]:
+    """The one mpremote run that provisions a board (run in the staged folder: boot.py, main.py
+    and app/): wipe, copy, soft-reset, read back (:data:`READBACK`), reset."""
+    return tools.mpremote_argv(
+        port,
+        "exec", WIPE,
+        "+", "fs", "cp", "-r", "boot.py", "main.py", "app", str(config), ":",
+        "+", "soft-reset",
+        "+", "exec", READBACK,
+        "+", "reset",
+    )  # fmt: skip
 
 
 class BeaconError(RuntimeError):
@@ -256,27 +270,7 @@ def _flash(batch: _Batch, index: int, port: str, progress: BoardProgress) -> Boa
         return BoardResult(port, False, f"MicroPython: {silent}", mac, identity)
     progress.update(port, "copying app and config")
     result = tools.run_tool(
-        tools.mpremote_argv(
-            port,
-            "exec",
-            WIPE,
-            "+",
-            "fs",
-            "cp",
-            "-r",
-            "boot.py",
-            "main.py",
-            "app",
-            str(config),
-            ":",
-            "+",
-            "soft-reset",
-            "+",
-            "exec",
-            READBACK,
-            "+",
-            "reset",
-        ),
+        provision_argv(port, config),
         timeout=MPREMOTE_TIMEOUT,
         cwd=batch.stage,
     )
