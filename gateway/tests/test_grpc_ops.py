@@ -1,6 +1,6 @@
-"""``navign.gateway.v1`` on a real grpc.aio server (127.0.0.1, ephemeral port), called through
-the generated client stubs, over a real database, beacon inventory, rollout engine and firmware
-cache (signed releases seeded on disk, as a download would have left them).
+"""``navign.gateway.v1`` on the gateway's real gRPC server (127.0.0.1, ephemeral port), called
+through the generated client stubs, over a real database, beacon inventory, rollout engine and
+firmware cache (signed releases seeded on disk, as a download would have left them).
 
 Beacons are played by their §8.2 reports and BLE advertisements; a BLE push is played by
 :class:`SteppedBle` (the test says what the beacon reports, step by step). The rollout engine is

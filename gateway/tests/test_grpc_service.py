@@ -1,5 +1,5 @@
-"""task.OrchestratorService on a real grpc.aio server (127.0.0.1, ephemeral port), driven by the
-generated client stub and by raw bytes, as the Go tower would send them."""
+"""task.OrchestratorService on the gateway's real gRPC server (127.0.0.1, ephemeral port), driven
+by the generated client stub and by raw bytes, as the Go tower would send them."""
 
 # grpc_tools writes no .pyi for *_pb2_grpc modules: the stub and raw channel calls are untyped.
 # mypy: disable-error-code="no-untyped-call"
@@ -20,6 +20,7 @@ import pytest
 
 from navign_gateway.db import Database
 from navign_gateway.grpc_service import (
+    GrpcServer,
     GrpcServerError,
     OrchestratorServicer,
     start_grpc_server,
@@ -43,7 +44,7 @@ class Served:
     registry: RobotRegistry
     engine: TaskEngine
     servicer: OrchestratorServicer
-    server: grpc.aio.Server
+    server: GrpcServer
     port: int
     channel: grpc.aio.Channel
 

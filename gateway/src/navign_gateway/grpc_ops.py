@@ -40,9 +40,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from types import SimpleNamespace
 from typing import Any, Final
 
-import grpc
-import grpc.aio
-
 from navign_gateway.beacons import BeaconInventory
 from navign_gateway.firmware import CachedRelease, FirmwareCache
 from navign_gateway.grpc_ops_auth import AccessPolicy, Role
@@ -65,9 +62,9 @@ from navign_gateway.grpc_ops_streams import (
     WatchStreams,
 )
 from navign_gateway.grpc_service import ServicerRegistration
+from navign_gateway.grpc_transport import CallContext, GrpcServer, Status
 from navign_gateway.rollout import EntryState, Rollout, RolloutControlError, RolloutEngine
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2 as pb
-from navign_proto.grpc.navign.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 __all__ = [
     "LIVENESS_SWEEP_SECONDS",
@@ -96,7 +93,7 @@ MUTATING: Final = frozenset({"PauseRollout", "ResumeRollout", "AbortRollout", "A
 StatusProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 """Returns the gateway's status, as :meth:`navign_gateway.daemon.Gateway.status` does."""
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = CallContext
 
 
 def ops_servicers(
@@ -115,49 +112,28 @@ def ops_servicers(
     is judged by; ``max_concurrent`` is what RolloutPolicy.max_concurrent reports (the
     engine's transfer slots, Wi-Fi plus BLE; 0 when not known)."""
     catalog = ReleaseCatalog(firmware)
-    services: list[tuple[str, object, Callable[[object, grpc.aio.Server], None]]] = [
-        (
-            "GatewayService",
-            GatewayServicer(status, firmware, streams),
-            pb_grpc.add_GatewayServiceServicer_to_server,
-        ),
-        (
-            "BeaconService",
-            BeaconServicer(inventory, streams, clock),
-            pb_grpc.add_BeaconServiceServicer_to_server,
-        ),
-        (
-            "FirmwareService",
-            FirmwareServicer(firmware, catalog),
-            pb_grpc.add_FirmwareServiceServicer_to_server,
-        ),
-        (
-            "RolloutService",
-            RolloutServicer(rollouts, firmware, catalog, streams, max_concurrent),
-            pb_grpc.add_RolloutServiceServicer_to_server,
-        ),
+    services: list[tuple[str, object]] = [
+        ("GatewayService", GatewayServicer(status, firmware, streams)),
+        ("BeaconService", BeaconServicer(inventory, streams, clock)),
+        ("FirmwareService", FirmwareServicer(firmware, catalog)),
+        ("RolloutService", RolloutServicer(rollouts, firmware, catalog, streams, max_concurrent)),
     ]
-    return [_guarded(name, servicer, add, access) for name, servicer, add in services]
+    return [_guarded(name, servicer, access) for name, servicer in services]
 
 
-def _guarded(
-    service: str,
-    servicer: object,
-    add: Callable[[object, grpc.aio.Server], None],
-    access: AccessPolicy,
-) -> ServicerRegistration:
+def _guarded(service: str, servicer: object, access: AccessPolicy) -> ServicerRegistration:
     """Registers ``servicer`` with every method of ``service`` (from the proto's descriptor,
     so none can be left out) behind ``access``."""
-    methods = pb.DESCRIPTOR.services_by_name[service].methods
+    descriptor = pb.DESCRIPTOR.services_by_name[service]
     guarded = SimpleNamespace(
         **{
             m.name: _guard(getattr(servicer, m.name), access, m.name, m.server_streaming)
-            for m in methods
+            for m in descriptor.methods
         }
     )
 
-    def register(server: grpc.aio.Server) -> None:
-        add(guarded, server)
+    def register(server: GrpcServer) -> None:
+        server.add(descriptor, guarded)
 
     return register
 
@@ -206,7 +182,7 @@ async def _next(queue: ChangeQueue[Any], context: Context, within: float | None 
         return await queue.get(within)
     except StreamOverflowError as exc:
         log.warning("%s dropped: %s", context.peer(), exc)
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        await context.abort(Status.RESOURCE_EXHAUSTED, str(exc))
 
 
 # -- GatewayService ------------------------------------------------------------------------------
@@ -223,7 +199,7 @@ class GatewayServicer:
             status = await self._status()
         except Exception as exc:  # noqa: BLE001 - a failed status read is the caller's answer
             log.warning("gateway status unavailable: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"status unavailable: {exc}")
+            await context.abort(Status.UNAVAILABLE, f"status unavailable: {exc}")
         return status_message(status, self._firmware)
 
     async def GetStatus(  # noqa: N802 - the method name is the wire's
@@ -238,7 +214,7 @@ class GatewayServicer:
         interval = (given.seconds + given.nanos / 1e9) or 1.0
         if not 0 < interval <= MAX_MIN_INTERVAL_SECONDS:
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "min_interval: must be within 0 s to 1 day"
+                Status.INVALID_ARGUMENT, "min_interval: must be within 0 s to 1 day"
             )
         queue: ChangeQueue[None] = ChangeQueue()
         shown: pb.GatewayStatus | None = None
@@ -306,7 +282,7 @@ class BeaconServicer:
                 token=request.page_token,
             )
         except PageTokenError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(Status.INVALID_ARGUMENT, str(exc))
         return pb.ListBeaconsResponse(
             beacons=page.items, next_page_token=page.next_page_token, total_size=page.total
         )
@@ -316,7 +292,7 @@ class BeaconServicer:
     ) -> pb.GetBeaconResponse:
         record = self._inventory.get(request.beacon_id) if request.beacon_id else None
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no beacon {request.beacon_id!r}")
+            await context.abort(Status.NOT_FOUND, f"no beacon {request.beacon_id!r}")
         return pb.GetBeaconResponse(beacon=beacon_message(record, self._clock()))
 
     async def WatchBeacons(  # noqa: N802
@@ -369,7 +345,7 @@ class FirmwareServicer:
                 token=request.page_token,
             )
         except PageTokenError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(Status.INVALID_ARGUMENT, str(exc))
         await self._catalog.load(page.items)
         return pb.ListReleasesResponse(
             releases=[self._catalog.message(r) for r in page.items],
@@ -414,7 +390,7 @@ class RolloutServicer:
         try:
             return self._engine.get(rollout_id)
         except RolloutControlError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(Status.NOT_FOUND, str(exc))
 
     async def ListRollouts(  # noqa: N802
         self, request: pb.ListRolloutsRequest, context: Context
@@ -434,7 +410,7 @@ class RolloutServicer:
                 token=request.page_token,
             )
         except PageTokenError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(Status.INVALID_ARGUMENT, str(exc))
         full = [self._engine.get(r.rollout_id) for r in page.items]  # entries, for the counts
         return pb.ListRolloutsResponse(
             rollouts=[await self._message(r, entries=False) for r in full],
@@ -470,19 +446,15 @@ class RolloutServicer:
         self, context: Context, rollout_id: str, action: str, reason: str = "", wave: int = 0
     ) -> pb.Rollout:
         if not rollout_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rollout_id: required")
+            await context.abort(Status.INVALID_ARGUMENT, "rollout_id: required")
         if len(reason) > MAX_REASON_CHARS:
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"reason: at most {MAX_REASON_CHARS} characters"
+                Status.INVALID_ARGUMENT, f"reason: at most {MAX_REASON_CHARS} characters"
             )
         try:
             await self._engine.control(rollout_id, action, reason=reason, wave=wave or None)
         except RolloutControlError as exc:
-            code = (
-                grpc.StatusCode.NOT_FOUND
-                if exc.code == "not_found"
-                else grpc.StatusCode.FAILED_PRECONDITION
-            )
+            code = Status.NOT_FOUND if exc.code == "not_found" else Status.FAILED_PRECONDITION
             await context.abort(code, str(exc))
         return await self._message(self._engine.get(rollout_id), entries=False)
 
@@ -509,7 +481,7 @@ class RolloutServicer:
     ) -> pb.ApproveWaveResponse:
         if request.wave == 0:
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "wave: required (the held wave, current + 1)"
+                Status.INVALID_ARGUMENT, "wave: required (the held wave, current + 1)"
             )
         rollout = await self._control(context, request.rollout_id, "approve", wave=request.wave)
         return pb.ApproveWaveResponse(rollout=rollout)

@@ -23,12 +23,10 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable
-from typing import Any, Final
-
-import grpc
-import grpc.aio
+from typing import Final
 
 from navign_gateway.config import GrpcConfig
+from navign_gateway.grpc_transport import CallContext, Status
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +86,11 @@ class AccessPolicy:
                 found = role
         return found
 
-    async def authorize(
-        self, context: grpc.aio.ServicerContext[Any, Any], needed: Role, method: str
-    ) -> str:
+    async def authorize(self, context: CallContext, needed: Role, method: str) -> str:
         """Abort the call unless its bearer token grants ``needed``; returns a short,
         non-secret name of the token for audit logs (``sha256:`` and 8 hex digits)."""
         if not self._granted:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, NOT_CONFIGURED)
+            await context.abort(Status.UNAUTHENTICATED, NOT_CONFIGURED)
         values = [
             value
             for key, value in context.invocation_metadata() or ()
@@ -102,11 +98,11 @@ class AccessPolicy:
         ]
         if not values:
             await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "missing metadata authorization: Bearer <token>"
+                Status.UNAUTHENTICATED, "missing metadata authorization: Bearer <token>"
             )
         if len(values) > 1:
             await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "metadata authorization given more than once"
+                Status.UNAUTHENTICATED, "metadata authorization given more than once"
             )
         value = values[0]
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -114,16 +110,16 @@ class AccessPolicy:
         token = token.strip()
         if scheme.lower() != _SCHEME or not token:
             await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "metadata authorization: expected Bearer <token>"
+                Status.UNAUTHENTICATED, "metadata authorization: expected Bearer <token>"
             )
         digest = token_digest(token)
         role = self._role_of_digest(digest)
         if role is None:
             log.debug("%s from %s: unknown token", method, context.peer())
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+            await context.abort(Status.UNAUTHENTICATED, "invalid token")
         if role < needed:
             await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
+                Status.PERMISSION_DENIED,
                 f"{method} needs an operator token; this one may only read",
             )
         return f"sha256:{digest[:8]}"

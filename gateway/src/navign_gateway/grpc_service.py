@@ -2,7 +2,8 @@
 server that carries it together with whatever other servicers the daemon registers.
 
 ``task.OrchestratorService`` takes no credentials (the existing Go tower sends none, §7.1); it
-belongs on the mall network only. Its wire format is fixed by ``proto/protos/task.proto``.
+belongs on the mall network only. Its wire format is fixed by ``proto/protos/task.proto``. The
+transport is :mod:`navign_gateway.grpc_transport` (grpclib, with its limits).
 
 Public: :class:`OrchestratorServicer`, :func:`start_grpc_server`, :func:`stop_grpc_server`,
 :class:`GrpcServerError`.
@@ -15,65 +16,47 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Final
 
-import grpc
-import grpc.aio
-
+from navign_gateway.grpc_transport import (
+    MAX_CONCURRENT_RPCS,
+    CallContext,
+    GrpcServer,
+    GrpcServerError,
+    Status,
+)
 from navign_gateway.robots import InvalidRobotReportError, RobotRegistry, RobotRegistryFullError
 from navign_gateway.tasks import (
     AssignmentStreamClosedError,
     AssignmentStreamOverflowError,
     TaskEngine,
 )
-from navign_proto.grpc import task_pb2, task_pb2_grpc
+from navign_proto.grpc import task_pb2
+
+__all__ = [
+    "GrpcServer",
+    "GrpcServerError",
+    "OrchestratorServicer",
+    "ServicerRegistration",
+    "start_grpc_server",
+    "stop_grpc_server",
+]
 
 log = logging.getLogger(__name__)
 
-#: The tower's messages are small; anything bigger is not a tower.
-MAX_MESSAGE_BYTES: Final = 1024 * 1024
-#: Calls (open streams included) served at once; more get RESOURCE_EXHAUSTED.
-MAX_CONCURRENT_RPCS: Final = 1000
-#: The server pings an idle connection this often and drops it when the ping goes unanswered,
-#: so a tower that vanished (power cut, no FIN) does not hold its stream for ever.
-KEEPALIVE_TIME_MS: Final = 60_000
-KEEPALIVE_TIMEOUT_MS: Final = 20_000
-
-SERVER_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    # gRPC sets SO_REUSEPORT by default: a second gateway on the same port would then share
-    # the towers with the first one instead of failing to start.
-    ("grpc.so_reuseport", 0),
-)
-
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
-ServicerRegistration = Callable[[grpc.aio.Server], None]
+ServicerRegistration = Callable[[GrpcServer], None]
 """Adds one servicer to a server (e.g. :meth:`OrchestratorServicer.register`)."""
 
-ReportContext = grpc.aio.ServicerContext[task_pb2.RobotReportRequest, task_pb2.RobotReportResponse]
-StreamContext = grpc.aio.ServicerContext[task_pb2.RobotDistributionRequest, task_pb2.TaskAssignment]
 
-
-class GrpcServerError(Exception):
-    """The gRPC port cannot be opened."""
-
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"gRPC: cannot listen on {address}: {reason}")
-        self.address = address
-        self.reason = reason
-
-
-class OrchestratorServicer(task_pb2_grpc.OrchestratorServiceServicer):
+class OrchestratorServicer:
     """``task.OrchestratorService`` over a :class:`RobotRegistry` and a :class:`TaskEngine`."""
 
     def __init__(self, registry: RobotRegistry, engine: TaskEngine) -> None:
         self._registry = registry
         self._engine = engine
 
-    def register(self, server: grpc.aio.Server) -> None:
-        task_pb2_grpc.add_OrchestratorServiceServicer_to_server(self, server)
+    def register(self, server: GrpcServer) -> None:
+        server.add(task_pb2.DESCRIPTOR.services_by_name["OrchestratorService"], self)
 
     def end_streams(self) -> None:
         """End every open ``GetTaskAssignment`` with OK (before the server stops), so towers
@@ -81,26 +64,26 @@ class OrchestratorServicer(task_pb2_grpc.OrchestratorServiceServicer):
         self._engine.close_streams()
 
     async def ReportRobotStatus(  # noqa: N802 - the method name is the wire's
-        self, request: task_pb2.RobotReportRequest, context: ReportContext
+        self, request: task_pb2.RobotReportRequest, context: CallContext
     ) -> task_pb2.RobotReportResponse:
         """Keep the robot's status; an invalid one is refused with INVALID_ARGUMENT and
         changes nothing."""
         if not request.HasField("robot"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "robot: required")
+            await context.abort(Status.INVALID_ARGUMENT, "robot: required")
         try:
             record = await self._registry.report(request.robot)
         except InvalidRobotReportError as exc:
             log.debug("robot report refused: %s", exc)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(Status.INVALID_ARGUMENT, str(exc))
         except RobotRegistryFullError as exc:
             log.warning("robot report refused: %s", exc)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await context.abort(Status.RESOURCE_EXHAUSTED, str(exc))
         return task_pb2.RobotReportResponse(
             success=True, message=f"status of {record.robot_id} stored"
         )
 
     async def GetTaskAssignment(  # noqa: N802 - the method name is the wire's
-        self, request: task_pb2.RobotDistributionRequest, context: StreamContext
+        self, request: task_pb2.RobotDistributionRequest, context: CallContext
     ) -> AsyncIterator[task_pb2.TaskAssignment]:
         """The entity's outstanding assignments, then each new one, until the tower cancels
         or the gateway stops (OK). A tower more than the engine's ``stream_queue_size``
@@ -109,7 +92,7 @@ class OrchestratorServicer(task_pb2_grpc.OrchestratorServiceServicer):
         entity_id = request.entity_id
         if not _ID_RE.fullmatch(entity_id):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+                Status.INVALID_ARGUMENT,
                 "entity_id: must be 1-64 letters, digits or ._:-",
             )
         try:
@@ -120,7 +103,7 @@ class OrchestratorServicer(task_pb2_grpc.OrchestratorServiceServicer):
                         assignment = await stream.next()
                     except AssignmentStreamOverflowError as exc:
                         log.warning("tower %s dropped: %s", context.peer(), exc)
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                        await context.abort(Status.RESOURCE_EXHAUSTED, str(exc))
                     yield assignment
         except AssignmentStreamClosedError:
             return
@@ -130,27 +113,19 @@ async def start_grpc_server(
     address: str,
     servicers: Sequence[ServicerRegistration],
     *,
-    options: Iterable[tuple[str, int]] = SERVER_OPTIONS,
     maximum_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
-) -> tuple[grpc.aio.Server, int]:
+) -> tuple[GrpcServer, int]:
     """Register ``servicers``, listen on ``address`` (``host:port``; port 0 picks one) without
     TLS, start; returns the server and the bound port. Raises :class:`GrpcServerError`."""
-    server = grpc.aio.server(options=list(options), maximum_concurrent_rpcs=maximum_concurrent_rpcs)
+    server = GrpcServer(max_concurrent_rpcs=maximum_concurrent_rpcs)
     for register in servicers:
         register(server)
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpcio >= 1.50 raises when the bind fails
-        raise GrpcServerError(address, str(exc)) from None
-    if port == 0:
-        raise GrpcServerError(address, "the address could not be bound")
-    await server.start()
-    log.info("gRPC listening on %s (port %d)", address, port)
+    port = await server.start(address)
     return server, port
 
 
 async def stop_grpc_server(
-    server: grpc.aio.Server,
+    server: GrpcServer,
     grace: float | None,
     *,
     end_streams: Iterable[Callable[[], None]] = (),
