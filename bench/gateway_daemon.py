@@ -7,6 +7,9 @@ the gateway starts again on its warm copy and the time from spawning the process
 would) is measured; after it has connected and sat idle for ``--idle`` seconds its resident
 memory (VmRSS) is read. Medians are reported.
 
+For scale, the same run also measures the floor under it: this Python importing only the
+libraries the gateway runs on (no code of ours), its event loop idle.
+
     uv run python bench/gateway_daemon.py
 """
 
@@ -116,6 +119,36 @@ async def wait_for(port: int, key: str, value: object, within: float) -> None:
     raise RuntimeError(f"gateway never reported {key}={value!r}")
 
 
+#: What the idle gateway imports of its dependencies (BLE and mDNS off, as configured here).
+LIBRARIES = """
+import asyncio, json, sqlite3, ssl, tomllib, zoneinfo
+import aiohttp, aiohttp.web, aiosqlite, grpclib.server, prometheus_client
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import duration_pb2, timestamp_pb2, message_factory
+from pydantic import BaseModel, Field, TypeAdapter
+
+class Probe(BaseModel):
+    name: str = Field(max_length=10)
+
+Probe(name="x")
+ssl.create_default_context()
+asyncio.run(asyncio.sleep(%s))
+"""
+
+
+def libraries_rss_mb(idle: float) -> float:
+    """VmRSS of a Python that imported only the gateway's libraries and sat idle."""
+    with subprocess.Popen([sys.executable, "-c", LIBRARIES % (idle + 30)]) as process:
+        try:
+            time.sleep(idle)
+            if process.poll() is not None:
+                raise RuntimeError("the libraries' probe ended early")
+            return h.rss_kib(process.pid) / 1024
+        finally:
+            process.kill()
+
+
 def private_kib(pid: int) -> int:
     """Memory only this process uses: anonymous pages (RssAnon), not shared library files."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -184,6 +217,7 @@ async def main_async(args: argparse.Namespace) -> list[h.Figure]:
                         stop(process)
     ready_median, rss_median = statistics.median(ready), statistics.median(rss)
     private_median = statistics.median(private)
+    floor = statistics.median(libraries_rss_mb(args.idle / 2) for _ in range(3))
     return [
         h.Figure(bench, "first start: enrolled and fully synced", cold, "s"),
         h.Figure(bench, "start to READY=1, warm copy, median", ready_median, "s",
@@ -195,6 +229,10 @@ async def main_async(args: argparse.Namespace) -> list[h.Figure]:
                  goal=True),
         h.Figure(bench, "idle private memory (RssAnon; the rest is shared library files)",
                  private_median, "MB"),
+        h.Figure(bench, "Python with only the gateway's libraries imported, idle (VmRSS)",
+                 floor, "MB"),
+        h.Figure(bench, "idle resident memory over the libraries' floor", rss_median - floor,
+                 "MB"),
     ]  # fmt: skip
 
 

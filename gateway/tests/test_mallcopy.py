@@ -169,6 +169,23 @@ async def test_full_sync_matches_the_server(gateway: TestGateway, copy: MallCopy
     assert await copy.get("beacons", "no-such-beacon") is None
 
 
+async def test_beacon_identities_come_from_the_columns(
+    gateway: TestGateway, copy: MallCopy, db: Database
+) -> None:
+    assert await copy.beacon_identities() == []  # migrated, never synced
+    async with gateway.client() as client:
+        body = await full(client)
+    await copy.apply_full(body)
+    expected = sorted(
+        (b["id"], b["device"], b["mac"], b["major"], b["minor"])
+        for b in body.data.beacons
+        if all(b.get(key) is not None for key in ("device", "mac", "major", "minor"))
+    )
+    assert expected  # the seeded mall has identified beacons
+    assert sorted(await copy.beacon_identities()) == expected
+    assert await MallCopy(db, "another-mall").beacon_identities() == []
+
+
 async def test_admin_edits_arrive_in_delta_pages_and_replays_change_nothing(
     server: RunningServer, gateway: TestGateway, copy: MallCopy
 ) -> None:

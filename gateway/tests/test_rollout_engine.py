@@ -267,9 +267,7 @@ async def test_silence_is_retried_with_backoff_then_fails(h: Harness) -> None:
 
 
 async def test_a_beacon_never_seen_fails_as_offline_after_the_timeout(h: Harness) -> None:
-    h.inventory.set_mall_beacons(
-        [{"id": "ghost", "device": "esp32", "mac": "AA:BB:CC:DD:EE:FF", "major": 1, "minor": 1}]
-    )
+    h.inventory.set_mall_beacons([("ghost", "esp32", "AA:BB:CC:DD:EE:FF", 1, 1)])
     await h.engine.submit(event({"failure_threshold": 1}), seq=1)
     await h.engine.step()
     assert h.states() == {"ghost": "pending"}

@@ -3,6 +3,7 @@ first full sync, delta paging, repair of a corrupted collection, 410 → full sy
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,16 +73,20 @@ async def rename(server: RunningServer, collection: str, index: int, name: str) 
         assert (await admin.put(url, json=document)).status_code == 200
 
 
-async def test_full_then_deltas_keep_the_copy_equal_to_the_server(setup: Any) -> None:
+async def test_full_then_deltas_keep_the_copy_equal_to_the_server(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     server, gateway, engine, copy, _ = setup
     first = await engine.delta()  # no copy yet: a full sync
     assert first.kind == "full"
     assert (await copy.checksums()).global_checksum == await server_global(gateway)
     for i in range(3):
         await rename(server, "beacons", i, f"beacon renamed {i}")
-    result = await engine.delta()
+    with caplog.at_level(logging.INFO, logger="navign_gateway.sync"):
+        result = await engine.delta()
     assert result.kind == "delta"
     assert result.changes == 3
+    assert f"delta sync: 3 changes applied, now at seq {result.seq}" in caplog.text
     assert (await copy.checksums()).global_checksum == await server_global(gateway)
     assert (await engine.delta()).kind == "current"
     assert await engine.catch_up(0) is None  # an old data_update does nothing

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -114,7 +115,8 @@ class BeaconInventory:
         #: Mall copy beacons: id -> (chip, mac, major, minor), refreshed by the daemon.
         self._mall: dict[str, tuple[str, str, int, int]] = {}
         self._mall_by_mac: dict[str, str] = {}
-        self._mall_by_numbers: dict[tuple[int, int], str] = {}
+        #: ``major << 16 | minor`` -> id (an int key: no tuple per beacon).
+        self._mall_by_numbers: dict[int, str] = {}
 
     async def open(self) -> None:
         await self._db.migrate(COMPONENT, MIGRATIONS)
@@ -152,22 +154,16 @@ class BeaconInventory:
 
     # -- mall copy ------------------------------------------------------------------------------
 
-    def set_mall_beacons(self, beacons: Iterable[dict[str, Any]]) -> None:
-        """The mall copy's beacon documents (id, device, mac, major, minor)."""
+    def set_mall_beacons(self, beacons: Iterable[tuple[str, str, str, int, int]]) -> None:
+        """The mall copy's beacons as ``(id, chip, mac, major, minor)``
+        (:meth:`MallCopy.beacon_identities`). Kept compact: a mall of 30,000 beacons holds
+        about 12 MB here (docs/benchmarks.md, the gateway's idle memory)."""
         mall: dict[str, tuple[str, str, int, int]] = {}
-        for doc in beacons:
-            try:
-                mall[str(doc["id"])] = (
-                    str(doc["device"]),
-                    str(doc["mac"]).upper(),
-                    int(doc["major"]),
-                    int(doc["minor"]),
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
+        for beacon_id, chip, mac, major, minor in beacons:
+            mall[beacon_id] = (sys.intern(chip), mac.upper(), major, minor)
         self._mall = mall
         self._mall_by_mac = {mac: bid for bid, (_, mac, _, _) in mall.items()}
-        self._mall_by_numbers = {(ma, mi): bid for bid, (_, _, ma, mi) in mall.items()}
+        self._mall_by_numbers = {ma << 16 | mi: bid for bid, (_, _, ma, mi) in mall.items()}
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -224,7 +220,7 @@ class BeaconInventory:
         if status is None:
             return None
         if ibeacon is not None:
-            numbered = self._mall_by_numbers.get((ibeacon.major, ibeacon.minor))
+            numbered = self._mall_by_numbers.get(ibeacon.major << 16 | ibeacon.minor)
             if numbered is not None and beacon_hash(numbered) == status.id_hash:
                 return numbered
         matches = [

@@ -26,20 +26,16 @@ import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from navign_gateway import __version__
-from navign_gateway.announce import FirmwareAnnouncer
 from navign_gateway.backoff import Backoff, FailureLog
 from navign_gateway.beacon_http import add_beacon_routes
 from navign_gateway.beacons import BeaconInventory, BeaconRecord
-from navign_gateway.ble.advertise import ReleaseAdvertiser, advertised_releases
-from navign_gateway.ble.push import BleCentral, BlePusher
-from navign_gateway.ble.scan import BeaconScanner
 from navign_gateway.config import ConfigError, GatewayConfig
 from navign_gateway.credentials import Credentials
 from navign_gateway.db import Database
@@ -92,6 +88,9 @@ from navign_proto.wire import (
     TaskCreateEvent,
     TaskStatusReport,
 )
+
+if TYPE_CHECKING:
+    from navign_gateway.ble.push import BleCentral
 
 log = logging.getLogger(__name__)
 
@@ -254,13 +253,20 @@ class Gateway:
         self._beacons_to_report: set[str] = {r.beacon_id for r in self.inventory.all()}
         self.inventory.subscribe(self._beacon_changed)
         await self._load_mall_beacons()
+        # The Bluetooth and mDNS libraries are imported only when switched on: a gateway without
+        # them does not carry them in memory (docs/benchmarks.md, the gateway's idle memory).
         self.ble = self._ble_central() if config.ble.enabled else None
+        pusher = None
+        if self.ble is not None:
+            from navign_gateway.ble.push import BlePusher
+
+            pusher = BlePusher(self.ble)
         self.rollouts = RolloutEngine(
             self.db,
             self.inventory,
             self.firmware.get,
             config.entity_id,
-            ble=BlePusher(self.ble) if self.ble is not None else None,
+            ble=pusher,
             wifi_concurrency=WIFI_CONCURRENCY,
             ble_concurrency=config.ble.max_connections,
         )
@@ -322,6 +328,8 @@ class Gateway:
         self._spawn(self._follow_mall_beacons(), "mall-beacons")
         self._spawn(self._report_beacons(), "beacon-reports")
         if self.ble is not None:
+            from navign_gateway.ble.scan import BeaconScanner
+
             self._spawn(BeaconScanner(self.ble, self.inventory).run(), "ble-scan")
             if config.ble.advertise and config.ble.backend == "bluez":
                 await self._advertise_releases()
@@ -368,6 +376,8 @@ class Gateway:
         mdns = self.config.mdns
         if not mdns.enabled:
             return
+        from navign_gateway.announce import FirmwareAnnouncer
+
         announcer = FirmwareAnnouncer(
             self.firmware,
             port=self.http_port,
@@ -417,6 +427,8 @@ class Gateway:
     async def _advertise_releases(self) -> None:
         """BLE advertising of the latest release per target (§8.7) through BlueZ; it retries
         by itself while BlueZ is absent, and follows the firmware cache."""
+        from navign_gateway.ble.advertise import ReleaseAdvertiser, advertised_releases
+
         advertiser = ReleaseAdvertiser(self.config.ble.adapter)
         await advertiser.start()
         self._stack.push_async_callback(advertiser.stop)
@@ -447,6 +459,8 @@ class Gateway:
 
     def _ble_central(self) -> BleCentral:
         """bleak on BlueZ, or (tests) the backends of the module ``ble.backend`` names."""
+        from navign_gateway.ble.push import BleCentral
+
         ble = self.config.ble
         if ble.backend == "bluez":
             return BleCentral(max_connections=ble.max_connections, adapter=ble.adapter)
@@ -508,17 +522,11 @@ class Gateway:
     async def _load_mall_beacons(self) -> None:
         """The mall copy's beacons (chip, MAC, iBeacon numbers) for the inventory: rollouts
         target them, and BLE advertisers are recognised by them."""
-        found: list[dict[str, Any]] = []
-        after: str | None = None
-        for _ in range(1000):  # 1000 pages of 1000: far beyond any mall
-            try:
-                page, after = await self.copy.list("beacons", filters={}, limit=1000, after=after)
-            except MallCopyError:
-                return  # no copy yet: loaded after the first sync
-            found += page
-            if after is None:
-                break
-        self.inventory.set_mall_beacons(found)
+        try:
+            beacons = await self.copy.beacon_identities()
+        except MallCopyError:
+            return  # no copy yet: loaded after the first sync
+        self.inventory.set_mall_beacons(beacons)
 
     async def _on_firmware_update(self, event: FirmwareUpdateEvent) -> None:
         seq = int(self.uplink.current_event_id) if self.uplink.current_event_id.isdigit() else 0

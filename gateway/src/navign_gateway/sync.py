@@ -207,10 +207,16 @@ class SyncEngine:
                 break
         else:
             raise SyncError(f"more than {MAX_DELTA_PAGES} delta pages in one go")
+        elapsed = time.perf_counter() - started
         self._metrics.changes.inc(applied)
-        self._metrics.duration.labels("delta").observe(time.perf_counter() - started)
+        self._metrics.duration.labels("delta").observe(elapsed)
         self.last_success = self._clock()
-        return SyncResult("delta" if applied else "current", applied, await self._copy.cursor())
+        now_at = await self._copy.cursor()
+        if applied:  # an operator following the journal sees the mall move, not only full syncs
+            log.info(
+                "delta sync: %d changes applied, now at seq %s (%.2f s)", applied, now_at, elapsed
+            )
+        return SyncResult("delta" if applied else "current", applied, now_at)
 
     async def _repair(self) -> None:
         """Full-sync the collections whose checksums differ from the server's (§5.5)."""

@@ -392,6 +392,29 @@ class MallCopy:
         found = found[:limit]
         return DocumentPage(version, tuple(doc for _, doc in found), found[-1][0] if more else None)
 
+    async def beacon_identities(self) -> builtins.list[tuple[str, str, str, int, int]]:
+        """Every beacon's id, chip (``device``), MAC and iBeacon major and minor, from the
+        indexed columns (no document is parsed, so a large mall costs no memory peak); beacons
+        missing any of them are left out. Raises :class:`MallCopyError` before the first
+        migration."""
+        async with self._db.reader.execute(
+            "SELECT entity_id FROM mall_sync WHERE singleton = 1"
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise MallCopyError(NOT_MIGRATED)
+        if row[0] != self.entity_id:
+            return []
+        found: builtins.list[tuple[str, str, str, int, int]] = []
+        sql = "SELECT id, json_extract(doc, '$.device'), mac, major, minor FROM mall_beacons"
+        async with self._db.reader.execute(sql) as cur:
+            for _ in range(10_000):  # batches of 1000: far beyond any mall
+                rows = await cur.fetchmany(1000)
+                if not rows:
+                    break
+                found += [(r[0], r[1], r[2], r[3], r[4]) for r in rows if _identity(r)]
+        return found
+
     async def verify(self) -> bool:
         """Recompute every document's digest from its stored JSON and every collection's state
         from those digests; False when anything disagrees with what is stored (a corrupted
@@ -460,6 +483,12 @@ def _parse_seq(value: str | None) -> int:
     if value is None or _SEQ_RE.fullmatch(value) is None or int(value) > _SEQ_MAX:
         raise SyncRejectedError(f"next_cursor {value!r} is not a decimal sequence number")
     return int(value)
+
+
+def _identity(row: Any) -> bool:
+    """A beacon row with a chip, a MAC and integer iBeacon numbers."""
+    _, chip, mac, major, minor = row
+    return isinstance(chip, str) and isinstance(mac, str) and type(major) is type(minor) is int
 
 
 def _parse_object(text: str) -> dict[str, Any]:
