@@ -122,7 +122,7 @@ async def wait_for(port: int, key: str, value: object, within: float) -> None:
 #: What the idle gateway imports of its dependencies (BLE and mDNS off, as configured here).
 LIBRARIES = """
 import asyncio, json, sqlite3, ssl, tomllib, zoneinfo
-import aiohttp, aiohttp.web, aiosqlite, grpclib.server, prometheus_client
+import aiohttp, aiohttp.web, aiosqlite, grpclib.server, prometheus_client, rfc8785, semver
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import duration_pb2, timestamp_pb2, message_factory

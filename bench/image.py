@@ -11,6 +11,9 @@ packages it holds, and the time from power-on to a registered gateway under QEMU
   partition, booted with ``qemu-system-aarch64 -M virt`` (its own kernel and initrd, TCG
   emulation on this machine's CPU, so a figure about emulation, not about a Pi), against a real
   server on loopback: from QEMU's start to the server having the gateway's first heartbeat.
+* **The gateway's memory on the appliance** (aarch64, Debian's Python 3.13): after it
+  registered and sat idle, its VmRSS and RssAnon, read over SSH; and, in the same boot, the
+  appliance's Python importing only the gateway's libraries (``gateway_daemon.LIBRARIES``).
 
 Needs root and the image tools (see image/build --help).
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,13 +38,23 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from navign_server.testing import ServerProcess  # noqa: E402
+from gateway_daemon import LIBRARIES  # noqa: E402
+
+from navign_server.testing import ServerProcess, free_port  # noqa: E402
 from tests.conftest import ENTITY, EXAMPLE_MALL  # noqa: E402
 from tests.image.qemu import SERVER_ADDRESS, BootedGateway, fat_write  # noqa: E402
 
 NAME = "image"
 BUILD_TIMEOUT = 3600
 BOOT_TIMEOUT = 600.0
+#: Seconds the registered gateway sits idle before its memory is read.
+IDLE_SECONDS = 20.0
+MEMORY_SCRIPT = (
+    "pid=$(systemctl show -p MainPID --value navign-gateway.service); "
+    "grep -E '^(VmRSS|RssAnon):' /proc/$pid/status; "
+    '/opt/navign/venv/bin/python -c "$PROBE" & probe=$!; sleep 10; '
+    "grep -E '^VmRSS:' /proc/$probe/status | sed 's/VmRSS/Libraries/'; kill $probe"
+)
 
 
 def build(work: Path, out: Path) -> float:
@@ -54,7 +68,32 @@ def build(work: Path, out: Path) -> float:
     return time.monotonic() - started
 
 
-def boot_to_registered(image: Path, scratch: Path) -> float:
+def ssh(key: Path, port: int, command: str, env: dict[str, str] | None = None) -> str:
+    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
+    done = subprocess.run(
+        ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "ConnectTimeout=30", "root@127.0.0.1", exports + command],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"ssh {command!r}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def appliance_memory(key: Path, port: int) -> dict[str, float]:
+    """The gateway's VmRSS and RssAnon, and the libraries' floor, on the booted appliance (MB)."""
+    text = ssh(key, port, MEMORY_SCRIPT, {"PROBE": LIBRARIES % 60})
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        found[name] = int(value.split()[0]) / 1024
+    if set(found) != {"VmRSS", "RssAnon", "Libraries"}:
+        raise RuntimeError(f"unexpected memory report: {text!r}")
+    return found
+
+
+def boot_to_registered(image: Path, scratch: Path) -> tuple[float, dict[str, float]]:
     server = ServerProcess(scratch / "server")
     server.start()
     try:
@@ -75,12 +114,20 @@ def boot_to_registered(image: Path, scratch: Path) -> float:
                 "[ble]\nenabled = false\n[mdns]\nenabled = false\n"
             )
             fat_write(card, "navign/gateway.toml", config.encode(), scratch)
-            gateway = BootedGateway(card, scratch / "qemu", server.port)
+            key = scratch / "id_ed25519"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                           check=True)  # fmt: skip
+            fat_write(card, "ssh", b"", scratch)
+            fat_write(card, "navign/authorized_keys", Path(f"{key}.pub").read_bytes(), scratch)
+            ssh_port = free_port()
+            gateway = BootedGateway(card, scratch / "qemu", server.port, ssh_port)
             try:
                 while time.monotonic() - gateway.started < BOOT_TIMEOUT and gateway.running():
                     answer = client.get(f"/api/admin/orchestrators/{ENTITY}/gw-bench")
                     if answer.status_code == 200 and answer.json().get("last_heartbeat"):
-                        return time.monotonic() - gateway.started
+                        registered = time.monotonic() - gateway.started
+                        time.sleep(IDLE_SECONDS)
+                        return registered, appliance_memory(key, ssh_port)
                     time.sleep(1)
             finally:
                 gateway.power_off()
@@ -121,10 +168,13 @@ def main() -> int:
     debs = sum(line.startswith("deb ") for line in manifest)
     pypi = sum(line.startswith("pypi ") for line in manifest)
     boots = []
+    memory: list[dict[str, float]] = []
     for i in range(args.boots):
         with tempfile.TemporaryDirectory(prefix="navign-bench-image-") as tmp:
-            boots.append(boot_to_registered(image, Path(tmp)))
-        h.say(f"  boot {i + 1}: registered after {boots[-1]:.1f} s")
+            registered, used = boot_to_registered(image, Path(tmp))
+        boots.append(registered)
+        memory.append(used)
+        h.say(f"  boot {i + 1}: registered after {registered:.1f} s; memory {used}")
     mb = 1_000_000
     figures = [
         h.Figure(NAME, "build, cold (empty work folder)", round(cold), "s"),
@@ -141,6 +191,12 @@ def main() -> int:
         h.Figure(NAME, "Python packages in the gateway's venv", pypi, ""),
         h.Figure(NAME, f"boot to registered under QEMU TCG (median of {len(boots)})",
                  round(h.median(boots), 1), "s"),
+        h.Figure(NAME, "appliance: gateway idle resident memory (VmRSS), median",
+                 round(h.median([m["VmRSS"] for m in memory]), 1), "MB"),
+        h.Figure(NAME, "appliance: gateway idle private memory (RssAnon), median",
+                 round(h.median([m["RssAnon"] for m in memory]), 1), "MB"),
+        h.Figure(NAME, "appliance: Python with only the gateway's libraries, idle (VmRSS)",
+                 round(h.median([m["Libraries"] for m in memory]), 1), "MB"),
     ]  # fmt: skip
     h.emit(figures, args.json)
     for folder in (work, out):
