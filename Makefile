@@ -56,7 +56,7 @@ check-generated: env
 demo: env
 	@$(RUN) bash demo/run.sh "$(DEMO_DIR)"
 
-# Benchmarks of the server and the gateway (about 15 minutes); rewrites the figures in docs/benchmarks.md.
+# Every benchmark (about 45 minutes with the image's; root); rewrites the figures in docs/benchmarks.md.
 .PHONY: bench
 bench: env
 	$(RUN) python bench/run.py
