@@ -40,7 +40,7 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import grpclib.const
@@ -120,7 +120,7 @@ class _Calls:
         self._idle.set()
 
     @contextlib.contextmanager
-    def slot(self) -> Any:
+    def slot(self) -> Iterator[None]:
         if self.closing:
             raise GRPCError(Status.UNAVAILABLE, "the gateway is stopping")
         if self.active >= self.limit:
