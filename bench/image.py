@@ -42,7 +42,7 @@ from gateway_daemon import LIBRARIES  # noqa: E402
 
 from navign_server.testing import ServerProcess, free_port  # noqa: E402
 from tests.conftest import ENTITY, EXAMPLE_MALL  # noqa: E402
-from tests.image.qemu import SERVER_ADDRESS, BootedGateway, fat_write  # noqa: E402
+from tests.image.qemu import SERVER_ADDRESS, BootedGateway, fat_write, ssh  # noqa: E402
 
 NAME = "image"
 BUILD_TIMEOUT = 3600
@@ -68,22 +68,13 @@ def build(work: Path, out: Path) -> float:
     return time.monotonic() - started
 
 
-def ssh(key: Path, port: int, command: str, env: dict[str, str] | None = None) -> str:
-    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
-    done = subprocess.run(
-        ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "ConnectTimeout=30", "root@127.0.0.1", exports + command],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"ssh {command!r}: {done.stderr.strip()[-500:]}")
-    return done.stdout
-
-
 def appliance_memory(key: Path, port: int) -> dict[str, float]:
     """The gateway's VmRSS and RssAnon, and the libraries' floor, on the booted appliance (MB)."""
-    text = ssh(key, port, MEMORY_SCRIPT, {"PROBE": LIBRARIES % 60})
+    probe = shlex.quote(LIBRARIES % 60)
+    done = ssh(key, port, f"export PROBE={probe}; {MEMORY_SCRIPT}", timeout=180)
+    if done.returncode != 0:
+        raise RuntimeError(f"ssh: {done.stderr.strip()[-500:]}")
+    text = done.stdout
     found = {}
     for line in text.splitlines():
         name, _, value = line.partition(":")

@@ -1,7 +1,9 @@
-"""What the gateway's task tests share: a clock they drive and a task reporter that records."""
+"""What the gateway's tests share: a clock they drive, a task reporter that records, polling."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from navign_proto.wire import TaskStatusReport
@@ -36,3 +38,14 @@ class Reporter:
         if self.down:
             raise ConnectionError("server unreachable")
         self.delivered.append(report)
+
+
+async def wait_until(
+    condition: Callable[[], object], *, attempts: int = 500, pause: float = 0.01
+) -> None:
+    """Poll ``condition`` at most ``attempts`` times (5 s by default)."""
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(pause)
+    raise AssertionError("condition not met in time")

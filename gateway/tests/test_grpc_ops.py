@@ -58,7 +58,7 @@ from navign_proto.manifest import (
 )
 from navign_proto.wire import FirmwareUpdateEvent
 
-from .conftest import ENTITY, T0, Clock, Reporter
+from .conftest import ENTITY, T0, Clock, Reporter, wait_until
 from .test_rollout_engine import report
 
 OPERATOR = "operator-token-for-the-tests-0001"
@@ -303,15 +303,6 @@ def quick_timing(monkeypatch: pytest.MonkeyPatch) -> None:
 async def ops(tmp_path: Path) -> AsyncIterator[Ops]:
     async with serving(tmp_path) as served:
         yield served
-
-
-async def wait_until(condition: Any, *, attempts: int = 500, pause: float = 0.01) -> None:
-    """Poll ``condition`` at most ``attempts`` times (5 s by default)."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await asyncio.sleep(pause)
-    raise AssertionError("condition not met in time")
 
 
 async def code_of(call: Any) -> grpc.StatusCode:

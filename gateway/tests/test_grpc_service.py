@@ -31,7 +31,7 @@ from navign_gateway.tasks import TaskEngine, TaskState
 from navign_proto.grpc import task_pb2, task_pb2_grpc
 from navign_proto.wire import TaskCreateEvent, TaskStatus
 
-from .conftest import ENTITY, T0, Clock, Reporter
+from .conftest import ENTITY, T0, Clock, Reporter, wait_until
 
 CALL_TIMEOUT_S = 5.0
 StreamCall = Any  # grpc.aio.UnaryStreamCall, untyped through the generated stub
@@ -77,15 +77,6 @@ class Served:
         await self.report(robot("r-c", battery=100, x=12, y=16))
         await self.report(robot("r-d", battery=100, state=task_pb2.ROBOT_STATE_CHARGING))
         await self.report(robot("r-e", battery=20))
-
-
-async def wait_until(condition: Any, *, attempts: int = 500, pause: float = 0.01) -> None:
-    """Poll ``condition`` at most ``attempts`` times (5 s by default)."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await asyncio.sleep(pause)
-    raise AssertionError("condition not met in time")
 
 
 async def next_assignment(call: StreamCall) -> task_pb2.TaskAssignment:

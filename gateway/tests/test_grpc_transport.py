@@ -29,6 +29,8 @@ from navign_gateway.grpc_transport import (
 )
 from navign_proto.grpc import task_pb2, task_pb2_grpc
 
+from .conftest import wait_until
+
 SERVICE = task_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
 TIMEOUT_S = 5.0
 BIG = [("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 8 << 20)]
@@ -93,14 +95,6 @@ async def call(channel: grpc.aio.Channel, request: Any) -> task_pb2.RobotReportR
         request, timeout=TIMEOUT_S
     )
     return response
-
-
-async def wait_until(condition: Any, *, attempts: int = 500) -> None:
-    for _ in range(attempts):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 async def test_a_call_round_trips_and_abort_carries_code_and_peer() -> None:

@@ -61,6 +61,19 @@ def fat_write(card: Path, name: str, data: bytes, scratch: Path) -> None:
     )  # fmt: skip
 
 
+def ssh(
+    key: Path, port: int, command: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``command`` as root on the booted gateway, through the forwarded ``port`` (the host key
+    is new at every first boot: not checked)."""
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "ConnectTimeout=30", "root@127.0.0.1", command],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
 class BootedGateway:
     """QEMU running ``card``; its serial console goes to ``workdir/console.log``."""
 

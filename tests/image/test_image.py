@@ -18,7 +18,7 @@ from navign_server.testing import ServerProcess, free_port
 
 from ..conftest import ENTITY, EXAMPLE_MALL
 from .conftest import BUILD_TIMEOUT, NEEDS, ROOT
-from .qemu import SERVER_ADDRESS, BootedGateway, fat_list, fat_read, fat_write
+from .qemu import SERVER_ADDRESS, BootedGateway, fat_list, fat_read, fat_write, ssh
 
 # The first test builds the image in its fixture (about 15 minutes cold): beyond pytest's default.
 pytestmark = [
@@ -90,15 +90,6 @@ def _wait_for_heartbeats(client: httpx.Client, gateway: BootedGateway, more_than
     raise AssertionError(f"no heartbeat; console:\n{gateway.console_text()[-6000:]}")
 
 
-def _ssh(key: Path, port: int, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "ConnectTimeout=30", "root@127.0.0.1", command],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-
 def test_first_boot_installs_the_config_and_the_gateway_registers(
     built_image: Path, server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -129,7 +120,7 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
         with _admin(server) as client:
             registered_after = _wait_for_heartbeats(client, first, 0)
         # Inside: the root is read-only, the config is the gateway's alone, the hostname is set.
-        inside = _ssh(
+        inside = ssh(
             key, ssh_port,
             "findmnt -no OPTIONS /; findmnt -no FSTYPE /var; "
             "stat -c %a:%U /etc/navign/gateway.toml; hostname; "
@@ -157,7 +148,7 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
         try:
             _wait_for_heartbeats(client, second, before)
             # Its copy of the mall survived the cut, and it serves it on the mall network.
-            served = _ssh(
+            served = ssh(
                 key, ssh_port,
                 "python3 -c \"import urllib.request as u; "
                 "print(u.urlopen('http://127.0.0.1:8080/local/v1/beacons').read().decode())\"",
@@ -239,7 +230,7 @@ def test_a_bad_provisioning_file_leaves_a_report_and_no_gateway(
         # No `ssh` file on the card: no SSH server (the forwarded port leads nowhere).
         key = tmp_path / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        refused = _ssh(key, ssh_port, "true")
+        refused = ssh(key, ssh_port, "true")
         assert refused.returncode == 255, refused
     finally:
         gateway.power_off()

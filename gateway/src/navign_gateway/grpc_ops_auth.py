@@ -92,9 +92,7 @@ class AccessPolicy:
         if not self._granted:
             await context.abort(Status.UNAUTHENTICATED, NOT_CONFIGURED)
         values = [
-            value
-            for key, value in context.invocation_metadata() or ()
-            if key.lower() == "authorization"
+            value for key, value in context.invocation_metadata() if key.lower() == "authorization"
         ]
         if not values:
             await context.abort(

@@ -396,14 +396,8 @@ class MallCopy:
         """Every beacon's id, chip (``device``), MAC and iBeacon major and minor, from the
         indexed columns (no document is parsed, so a large mall costs no memory peak); beacons
         missing any of them are left out. Raises :class:`MallCopyError` before the first
-        migration."""
-        async with self._db.reader.execute(
-            "SELECT entity_id FROM mall_sync WHERE singleton = 1"
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            raise MallCopyError(NOT_MIGRATED)
-        if row[0] != self.entity_id:
+        migration; empty while there is no copy of this entity."""
+        if (await self._state(self._db.reader)).cursor is None:
             return []
         found: builtins.list[tuple[str, str, str, int, int]] = []
         sql = "SELECT id, json_extract(doc, '$.device'), mac, major, minor FROM mall_beacons"
