@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2 as pb
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from navign_proto.testing import OWN_SUBCHANNELS
 from tests.e2e.mall import Mall, wait_for
 
 NAME = "rollout"
@@ -55,7 +56,9 @@ class Watch:
         self.seen: dict[str, dict[int, float]] = {}
         self.final: Any = None
         self.error: BaseException | None = None
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{mall.gateway.grpc_port}")
+        self._channel = grpc.insecure_channel(
+            f"127.0.0.1:{mall.gateway.grpc_port}", options=[OWN_SUBCHANNELS]
+        )
         stub = pb_grpc.RolloutServiceStub(self._channel)
         metadata = (("authorization", f"Bearer {mall.grpc_token}"),)
         self._stream = stub.WatchRollout(

@@ -27,6 +27,7 @@ from navign_proto.checksums import MallChecksums
 from navign_proto.grpc import task_pb2, task_pb2_grpc
 from navign_proto.mall import COLLECTIONS, Chip
 from navign_proto.manifest import ImageEntry, ReleaseManifest, sign_manifest
+from navign_proto.testing import OWN_SUBCHANNELS
 from navign_server.testing import ServerProcess
 
 from .conftest import ENTITY, EXAMPLE_MALL, GatewayProcess
@@ -269,7 +270,9 @@ def test_tasks_from_the_server_reach_a_robot_tower_over_grpc(
     server_process: ServerProcess, gateways: Gateways
 ) -> None:
     gateway = connected_gateway(server_process, gateways)
-    with grpc.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+    with grpc.insecure_channel(
+        f"127.0.0.1:{gateway.grpc_port}", options=[OWN_SUBCHANNELS]
+    ) as channel:
         stub = task_pb2_grpc.OrchestratorServiceStub(channel)
         robot = task_pb2.RobotInfo(
             id="robot-7",

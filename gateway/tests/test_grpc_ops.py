@@ -56,6 +56,7 @@ from navign_proto.manifest import (
     format_time,
     sign_manifest,
 )
+from navign_proto.testing import OWN_SUBCHANNELS
 from navign_proto.wire import FirmwareUpdateEvent
 
 from .conftest import ENTITY, T0, Clock, Reporter, wait_until
@@ -280,7 +281,7 @@ async def serving(tmp_path: Path, access: AccessPolicy | None = None) -> AsyncIt
             "127.0.0.1:0", [orchestrator.register, *registrations]
         )
         await channel.close(None)
-        ops.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        ops.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[OWN_SUBCHANNELS])
         try:
             yield ops
         finally:

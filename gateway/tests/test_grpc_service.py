@@ -29,6 +29,7 @@ from navign_gateway.grpc_service import (
 from navign_gateway.robots import RobotRegistry, RobotState
 from navign_gateway.tasks import TaskEngine, TaskState
 from navign_proto.grpc import task_pb2, task_pb2_grpc
+from navign_proto.testing import OWN_SUBCHANNELS
 from navign_proto.wire import TaskCreateEvent, TaskStatus
 
 from .conftest import ENTITY, T0, Clock, Reporter, wait_until
@@ -128,7 +129,7 @@ async def serving(tmp_path: Path, **engine_options: Any) -> AsyncIterator[Served
     await engine.migrate()
     servicer = OrchestratorServicer(registry, engine)
     server, port = await start_grpc_server("127.0.0.1:0", [servicer.register])
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[OWN_SUBCHANNELS])
     try:
         yield Served(clock, reporter, registry, engine, servicer, server, port, channel)
     finally:

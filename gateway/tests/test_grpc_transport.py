@@ -28,12 +28,17 @@ from navign_gateway.grpc_transport import (
     Status,
 )
 from navign_proto.grpc import task_pb2, task_pb2_grpc
+from navign_proto.testing import OWN_SUBCHANNELS
 
 from .conftest import wait_until
 
 SERVICE = task_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
 TIMEOUT_S = 5.0
-BIG = [("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 8 << 20)]
+BIG = [
+    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.max_receive_message_length", 8 << 20),
+    OWN_SUBCHANNELS,
+]
 
 
 class Echo:
@@ -241,7 +246,7 @@ def _ipv6_loopback() -> bool:
 async def test_every_address_serves_both_families() -> None:
     async with serving("[::]:0") as (server, _, channel):
         assert (await call(channel, report("v4"))).message == "v4"
-        v6 = grpc.aio.insecure_channel(f"[::1]:{server.port}")
+        v6 = grpc.aio.insecure_channel(f"[::1]:{server.port}", options=[OWN_SUBCHANNELS])
         try:
             assert (await call(v6, report("v6"))).message == "v6"
         finally:
@@ -265,3 +270,22 @@ async def test_a_peer_that_stops_answering_pings_is_dropped() -> None:
         assert received > 0  # the server's SETTINGS and at least one PING arrived
         assert 0.3 <= time.monotonic() - started < TIMEOUT_S  # a ping interval, then the drop
         writer.close()
+
+
+async def test_a_channel_of_its_own_reaches_a_port_a_stale_channel_still_dials() -> None:
+    """The CI failure this suite once had: a channel left dialling a port with no server keeps
+    grpcio's shared subchannel in backoff, and a new channel to a server later given that port
+    failed at once with the old "Connection refused". The suite's channels use
+    ``OWN_SUBCHANNELS``; with it the new channel connects."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stale = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=BIG[:2])
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(stale, report("nobody"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        async with serving(f"127.0.0.1:{port}") as (_, _, channel):
+            assert (await call(channel, report("fresh"))).message == "fresh"
+    finally:
+        await stale.close(None)

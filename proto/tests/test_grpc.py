@@ -27,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from navign_proto.grpc import task_pb2, task_pb2_grpc
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from navign_proto.testing import OWN_SUBCHANNELS
 
 PROTO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = PROTO_ROOT / "scripts" / "generate_grpc.py"
@@ -420,7 +421,9 @@ async def serving(
     assert port > 0
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[OWN_SUBCHANNELS]
+        ) as channel:
             yield channel
     finally:
         await server.stop(grace=None)

@@ -32,6 +32,7 @@ from navign_firmware.fleet import Fleet, LiveBeacon
 from navign_proto import keys
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2 as pb
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from navign_proto.testing import OWN_SUBCHANNELS
 from navign_server.testing import ServerProcess
 
 from ..conftest import ENTITY, EXAMPLE_MALL, GatewayProcess
@@ -218,7 +219,9 @@ class Mall:
     def grpc_beacons(self) -> list[Any]:
         assert self.gateway is not None
         metadata = (("authorization", f"Bearer {self.grpc_token}"),)
-        with grpc.insecure_channel(f"127.0.0.1:{self.gateway.grpc_port}") as channel:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{self.gateway.grpc_port}", options=[OWN_SUBCHANNELS]
+        ) as channel:
             stub = pb_grpc.BeaconServiceStub(channel)
             reply = stub.ListBeacons(pb.ListBeaconsRequest(page_size=1000), metadata=metadata)
         return list(reply.beacons)
@@ -227,7 +230,9 @@ class Mall:
         """The gateway's rollout with its entries, or None while it does not know it."""
         assert self.gateway is not None
         metadata = (("authorization", f"Bearer {self.grpc_token}"),)
-        with grpc.insecure_channel(f"127.0.0.1:{self.gateway.grpc_port}") as channel:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{self.gateway.grpc_port}", options=[OWN_SUBCHANNELS]
+        ) as channel:
             stub = pb_grpc.RolloutServiceStub(channel)
             try:
                 reply = stub.GetRollout(
