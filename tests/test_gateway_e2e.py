@@ -20,14 +20,17 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from navign_proto import keys
 from navign_proto.checksums import MallChecksums
 from navign_proto.grpc import task_pb2, task_pb2_grpc
+from navign_proto.grpc.navign.gateway.v1 import gateway_pb2 as pb
+from navign_proto.grpc.navign.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from navign_proto.mall import COLLECTIONS, Chip
 from navign_proto.manifest import ImageEntry, ReleaseManifest, sign_manifest
-from navign_proto.testing import OWN_SUBCHANNELS
+from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue
 from navign_server.testing import ServerProcess
 
 from .conftest import ENTITY, EXAMPLE_MALL, GatewayProcess
@@ -302,6 +305,62 @@ def test_tasks_from_the_server_reach_a_robot_tower_over_grpc(
         assert first.task.id == "task-e2e-1"
         assert first.robot_id == "robot-7"
         assignments.cancel()
+
+
+def test_the_grpc_port_over_tls_with_client_certificates(
+    server_process: ServerProcess, gateways: Gateways, tmp_path: Path
+) -> None:
+    """The gateway process serves gRPC over TLS: a tower presenting a certificate from the
+    configured CA reaches OrchestratorService, one without is refused at the handshake; an
+    operator's token works over it; status and metrics show the certificate's expiry."""
+    port_pair, towers = issue(tmp_path, "gateway"), issue(tmp_path, "towers", ca=True)
+    tower = issue(tmp_path, "tower", issuer=towers)
+    token = "operator-token-for-the-tls-test"
+    import_mall(server_process)
+    gateway = gateways(
+        server_process.base_url,
+        enrollment_token=enrollment_token(server_process),
+        grpc=(
+            f'operator_token_sha256 = ["{hashlib.sha256(token.encode()).hexdigest()}"]\n'
+            f'tls_cert = "{port_pair.cert}"\ntls_key = "{port_pair.key}"\n'
+            f'tls_client_ca = "{towers.cert}"'
+        ),
+    )
+    gateway.start()
+    status = gateway.wait_until(connected, SYNC_TIMEOUT, "connect")
+    assert status is not None
+    assert status["grpc_tls"]["client_certificates"] is True
+    expiry = port_pair.certificate.not_valid_after_utc
+    assert status["grpc_tls"]["not_after"] == expiry.isoformat()
+
+    def tls_channel(client: Issued | None) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=port_pair.pem(),
+            private_key=client.key_pem() if client else None,
+            certificate_chain=client.pem() if client else None,
+        )
+        return grpc.secure_channel(
+            f"127.0.0.1:{gateway.grpc_port}", credentials, options=[OWN_SUBCHANNELS]
+        )
+
+    robot = task_pb2.RobotInfo(id="robot-tls", entity_id=ENTITY, last_seen=int(time.time()))
+    with tls_channel(tower) as channel:
+        stub = task_pb2_grpc.OrchestratorServiceStub(channel)
+        assert stub.ReportRobotStatus(task_pb2.RobotReportRequest(robot=robot), timeout=10).success
+        ops = pb_grpc.GatewayServiceStub(channel)
+        reply = ops.GetStatus(
+            pb.GetStatusRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=10
+        )
+        assert reply.status.gateway_id == "gw-1"
+    with tls_channel(None) as channel:
+        stub = task_pb2_grpc.OrchestratorServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ReportRobotStatus(task_pb2.RobotReportRequest(robot=robot), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    lines = local(gateway, "/metrics").text.splitlines()
+    gauge = [line for line in lines if line.startswith("orchestrator_grpc_tls_not_after_seconds ")]
+    assert len(gauge) == 1, lines
+    assert abs(float(gauge[0].split()[1]) - expiry.timestamp()) < 1
 
 
 def test_systemd_notify_ready_watchdog_and_stopping(

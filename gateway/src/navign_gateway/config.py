@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from navign_gateway.grpc_tls import TlsError, TlsFiles, build_context
 from navign_proto import keys
 from navign_proto.errors import KeyFormatError
 
@@ -147,6 +148,11 @@ class GrpcConfig(_Table):
     operator_token_sha256: list[str] = Field(default_factory=list, max_length=64)
     #: Tokens that may only read.
     reader_token_sha256: list[str] = Field(default_factory=list, max_length=64)
+    #: TLS on the port (PEM certificate chain and its key); both or neither. Re-read on change.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: With TLS: every caller must present a certificate issued by a CA in this PEM bundle.
+    tls_client_ca: Path | None = None
 
     @field_validator("operator_token_sha256", "reader_token_sha256")
     @classmethod
@@ -169,6 +175,26 @@ class GrpcConfig(_Table):
         if set(self.operator_token_sha256) & set(self.reader_token_sha256):
             raise ValueError("a digest is listed as both operator and reader token")
         return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        files = self.tls_files
+        if files is not None:
+            try:
+                build_context(files)  # the key matches, the CA bundle parses: fail at start
+            except TlsError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
 
 
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -212,7 +238,7 @@ class GatewayConfig(_Table):
     def _secure_transport(self) -> Self:
         parts = urlsplit(self.server_url)
         host = parts.hostname or ""
-        if parts.scheme == "http" and not self.allow_insecure_http and not _is_loopback(host):
+        if parts.scheme == "http" and not self.allow_insecure_http and not is_loopback(host):
             raise ValueError(
                 "server_url: plain http to a non-loopback server sends tokens in the clear; "
                 "use https or set allow_insecure_http = true"
@@ -226,7 +252,7 @@ class GatewayConfig(_Table):
         return self.data_dir / "identity.pem"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -36,7 +36,7 @@ from navign_gateway import __version__
 from navign_gateway.backoff import Backoff, FailureLog
 from navign_gateway.beacon_http import add_beacon_routes
 from navign_gateway.beacons import BeaconInventory, BeaconRecord
-from navign_gateway.config import ConfigError, GatewayConfig
+from navign_gateway.config import ConfigError, GatewayConfig, is_loopback
 from navign_gateway.credentials import Credentials
 from navign_gateway.db import Database
 from navign_gateway.firmware import (
@@ -53,6 +53,7 @@ from navign_gateway.grpc_service import (
     start_grpc_server,
     stop_grpc_server,
 )
+from navign_gateway.grpc_tls import ServerTls
 from navign_gateway.hostmetrics import HostMetrics
 from navign_gateway.identity import Identity, create_identity, load_identity
 from navign_gateway.localapi import add_local_api
@@ -187,6 +188,7 @@ class Gateway:
         self.exit_code = 0
         self.http_port = 0
         self.grpc_port = 0
+        self.grpc_tls: ServerTls | None = None
         self._heartbeat_failures = FailureLog(log, "heartbeat")
         self._beacon_reported_at: dict[str, float] = {}
         self._uplink_state = Gauge(
@@ -294,8 +296,11 @@ class Gateway:
             streams=streams,
             max_concurrent=WIFI_CONCURRENCY + config.ble.max_connections,
         )
+        self.grpc_tls = self._grpc_tls()
         server, self.grpc_port = await start_grpc_server(
-            config.listen.grpc, [servicer.register, *ops]
+            config.listen.grpc,
+            [servicer.register, *ops],
+            tls=self.grpc_tls.context if self.grpc_tls else None,
         )
         self.grpc_server = server
         # Towers see their streams end with OK, not CANCELLED.
@@ -700,6 +705,26 @@ class Gateway:
             self.notifier.watchdog()
             await asyncio.sleep(period)
 
+    def _grpc_tls(self) -> ServerTls | None:
+        files = self.config.grpc.tls_files
+        if files is not None:
+            tls = ServerTls(files)
+            Gauge(
+                "orchestrator_grpc_tls_not_after_seconds",
+                "When the gRPC port's certificate expires (Unix time; follows a reload)",
+                registry=self.registry,
+            ).set_function(lambda: tls.not_after.timestamp())
+            return tls
+        grpc = self.config.grpc
+        host = self.config.listen.grpc.rpartition(":")[0].strip("[]")
+        if (grpc.operator_token_sha256 or grpc.reader_token_sha256) and not is_loopback(host):
+            log.warning(
+                "gRPC on %s has no TLS: operator and reader tokens cross the network in the "
+                "clear (set grpc.tls_cert and grpc.tls_key)",
+                self.config.listen.grpc,
+            )
+        return None
+
     # -- HTTP: health and metrics -------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
@@ -721,6 +746,7 @@ class Gateway:
             "local_copy": "ready" if cursor is not None else "empty",
             "firmware_cache": {"used_bytes": used, "budget_bytes": budget},
             "grpc_port": self.grpc_port,
+            "grpc_tls": self.grpc_tls.describe() if self.grpc_tls else None,
             "disk_free_bytes": disk_free,
         }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Final
 
@@ -114,13 +115,15 @@ async def start_grpc_server(
     servicers: Sequence[ServicerRegistration],
     *,
     maximum_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[GrpcServer, int]:
-    """Register ``servicers``, listen on ``address`` (``host:port``; port 0 picks one) without
-    TLS, start; returns the server and the bound port. Raises :class:`GrpcServerError`."""
+    """Register ``servicers``, listen on ``address`` (``host:port``; port 0 picks one), with TLS
+    when ``tls`` is given, start; returns the server and the bound port. Raises
+    :class:`GrpcServerError`."""
     server = GrpcServer(max_concurrent_rpcs=maximum_concurrent_rpcs)
     for register in servicers:
         register(server)
-    port = await server.start(address)
+    port = await server.start(address, tls=tls)
     return server, port
 
 

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import time
 import weakref
@@ -271,9 +272,10 @@ class GrpcServer:
     def active_calls(self) -> int:
         return self._calls.active
 
-    async def start(self, address: str) -> int:
+    async def start(self, address: str, *, tls: ssl.SSLContext | None = None) -> int:
         """Listen on ``address`` (``host:port``; port 0 picks one; ``[::]`` is every address of
-        both families) without TLS; returns the bound port. Raises :class:`GrpcServerError`."""
+        both families), with TLS when ``tls`` is given (it must offer ALPN ``h2``); returns the
+        bound port. Raises :class:`GrpcServerError`."""
         host, _, port_text = address.rpartition(":")
         host = host.strip("[]")
         try:
@@ -283,13 +285,15 @@ class GrpcServer:
             raise GrpcServerError(address, str(exc)) from None
         server = _TrackingServer(self._services, self._config)
         try:
-            await server.start(sock=sock)
+            await server.start(sock=sock, ssl=tls)
         except OSError as exc:
             sock.close()
             raise GrpcServerError(address, str(exc)) from None
         self._server = server
         self.port = sock.getsockname()[1]
-        log.info("gRPC listening on %s (port %d)", address, self.port)
+        log.info(
+            "gRPC listening on %s (port %d, %s)", address, self.port, "TLS" if tls else "no TLS"
+        )
         return self.port
 
     async def stop(self, grace: float | None) -> None:
