@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from navign_firmware.flashing import disks, sd, sdimage
+from navign_proto.testing import issue
 
 MIB = 1024 * 1024
 IMAGE_SIZE = 64 * MIB
@@ -139,6 +140,8 @@ def test_writes_the_image_and_provisions_the_fat(
         (tmp_path / "keys").write_bytes(KEYS)
         extra = ["--wifi", str(tmp_path / "wifi.conf")]
         extra += ["--ssh-authorized-keys", str(tmp_path / "keys"), "--block-size", "1M"]
+        tls = _tls_dir(tmp_path, clients=True)
+        extra += ["--grpc-tls", str(tls)]
     assert sd.run(_args(str(image), str(card), "--config", str(config), *extra), out) == 0
     _check_card(card, images)
     summary = out.getvalue()
@@ -150,6 +153,8 @@ def test_writes_the_image_and_provisions_the_fat(
         assert _mtype(card, "navign/wifi.conf").startswith(b"network={")
         assert _mtype(card, "ssh") == b""
         assert _mtype(card, "navign/authorized_keys") == KEYS
+        for name in ("grpc.crt", "grpc.key", "clients.pem"):
+            assert _mtype(card, f"navign/tls/{name}") == (tls / name).read_bytes()
 
 
 def test_checks_the_published_sha256(images: Images, config: Path, tmp_path: Path) -> None:
@@ -215,13 +220,61 @@ def test_an_invalid_gateway_toml_writes_nothing(
 
 
 def test_device_paths_in_the_config_are_the_gateways(images: Images, tmp_path: Path) -> None:
-    """``ca_bundle`` names a file on the gateway, not on this host: not checked here."""
+    """``ca_bundle`` and the gRPC port's TLS files name files on the gateway, not on this host:
+    not checked here."""
     config = tmp_path / "gateway.toml"
-    config.write_bytes(CONFIG.replace(b"[ble]", b'ca_bundle = "/etc/navign/ca.pem"\n[ble]'))
+    config.write_bytes(
+        CONFIG.replace(b"[ble]", b'ca_bundle = "/etc/navign/ca.pem"\n[ble]')
+        + b'[grpc]\ntls_cert = "/etc/navign/tls/grpc.crt"\ntls_key = "/etc/navign/tls/grpc.key"\n'
+    )
     card = _card(tmp_path / "card.bin")
     out = io.StringIO()
     sd.run(_args(str(images.img), str(card), "--config", str(config), "--dry-run"), out)
     assert "ca_bundle /etc/navign/ca.pem (on the gateway) not checked here" in out.getvalue()
+    assert (
+        "grpc tls_cert /etc/navign/tls/grpc.crt, tls_key /etc/navign/tls/grpc.key "
+        "(on the gateway) not checked here"
+    ) in out.getvalue()
+
+
+def _tls_dir(tmp_path: Path, *, clients: bool = False) -> Path:
+    """A folder as --grpc-tls takes it: grpc.crt, grpc.key and, if asked, clients.pem."""
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    made = issue(tmp_path, "port")
+    shutil.copy(made.cert, folder / "grpc.crt")
+    shutil.copy(made.key, folder / "grpc.key")
+    if clients:
+        shutil.copy(issue(tmp_path, "towers", ca=True).cert, folder / "clients.pem")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("mismatch", "does not match the certificate"),
+        ("no-key", "grpc.key: no such file"),
+        ("bad-ca", "not a PEM CA bundle"),
+    ],
+)
+def test_an_unusable_grpc_tls_folder_writes_nothing(
+    images: Images, config: Path, tmp_path: Path, damage: str, message: str
+) -> None:
+    tls = _tls_dir(tmp_path)
+    if damage == "mismatch":
+        shutil.copy(issue(tmp_path, "other").key, tls / "grpc.key")
+    elif damage == "no-key":
+        (tls / "grpc.key").unlink()
+    else:
+        (tls / "clients.pem").write_text("not a CA\n")
+    card = _card(tmp_path / "card.bin")
+    before = _fingerprint(card)
+    with pytest.raises(sdimage.InputError, match=message):
+        sd.run(
+            _args(str(images.img), str(card), "--config", str(config), "--grpc-tls", str(tls)),
+            io.StringIO(),
+        )
+    assert _fingerprint(card) == before
 
 
 def test_a_truncated_xz_is_refused_before_writing(
@@ -472,6 +525,6 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         _args("--help")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--config", "--wifi", "--ssh-authorized-keys", "--force", "--dry-run",
-                   "--yes", "--block-size", "IMAGE", "DEVICE"):  # fmt: skip
+    for option in ("--config", "--wifi", "--ssh-authorized-keys", "--grpc-tls", "--force",
+                   "--dry-run", "--yes", "--block-size", "IMAGE", "DEVICE"):  # fmt: skip
         assert option in text

@@ -78,7 +78,12 @@ class BootedGateway:
     """QEMU running ``card``; its serial console goes to ``workdir/console.log``."""
 
     def __init__(
-        self, card: Path, workdir: Path, server_port: int, ssh_port: int | None = None
+        self,
+        card: Path,
+        workdir: Path,
+        server_port: int,
+        ssh_port: int | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +120,8 @@ class BootedGateway:
             # shared by every connection, mixing their bytes).
             f"user,id=n0,restrict=on,guestfwd=tcp:{host}:{port}-cmd:{sys.executable} "
             f"{RELAY} 127.0.0.1 {server_port}"
-            + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else ""),
+            + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
+            + (f",hostfwd=tcp:127.0.0.1:{grpc_port}-:50051" if grpc_port else ""),
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             # A watchdog for systemd to arm (RuntimeWatchdogSec), as it arms the Pi's.
             "-device", "i6300esb",

@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from navign_proto.grpc import task_pb2, task_pb2_grpc
+from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue
 from navign_server.testing import ServerProcess, free_port
 
 from ..conftest import ENTITY, EXAMPLE_MALL
@@ -72,6 +75,23 @@ def _gateway_toml(token: str) -> str:
     ])  # fmt: skip
 
 
+def _tower_call(port: int, trust: Issued, client: Issued | None) -> str:
+    """A robot report to the appliance's gRPC port over TLS: "ok", or the status code's name."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=trust.pem(),
+        private_key=client.key_pem() if client else None,
+        certificate_chain=client.pem() if client else None,
+    )
+    robot = task_pb2.RobotInfo(id="robot-qemu", entity_id=ENTITY, last_seen=int(time.time()))
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=[OWN_SUBCHANNELS]) as ch:
+        stub = task_pb2_grpc.OrchestratorServiceStub(ch)
+        try:
+            answer = stub.ReportRobotStatus(task_pb2.RobotReportRequest(robot=robot), timeout=60)
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return "ok" if answer.success else "refused"
+
+
 def _copy(image: Path, card: Path) -> None:
     subprocess.run(["cp", "--sparse=always", str(image), str(card)], timeout=300, check=True)
 
@@ -104,36 +124,47 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
     config.write_text(_gateway_toml(token))
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    # TLS for the gRPC port, with client certificates from the towers' CA.
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    port_pair, towers = issue(tmp_path, "port"), issue(tmp_path, "towers", ca=True)
+    tower = issue(tmp_path, "tower", issuer=towers)
+    for source, name in ((port_pair.cert, "grpc.crt"), (port_pair.key, "grpc.key"),
+                         (towers.cert, "clients.pem")):  # fmt: skip
+        (tls / name).write_bytes(source.read_bytes())
     # The card: a file larger than the image, written and provisioned by flash.sh sd, SSH on.
     card = tmp_path / "card.img"
     subprocess.run(["truncate", "-s", str(CARD_SIZE), str(card)], check=True)
     written = subprocess.run(
         [str(ROOT / "flash.sh"), "sd", str(built_image), str(card), "--config", str(config),
-         "--ssh-authorized-keys", f"{key}.pub"],
+         "--ssh-authorized-keys", f"{key}.pub", "--grpc-tls", str(tls)],
         capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert written.returncode == 0, written.stdout + written.stderr
 
-    ssh_port = free_port()
-    first = BootedGateway(card, tmp_path / "boot1", server.port, ssh_port)
+    ssh_port, grpc_port = free_port(), free_port()
+    first = BootedGateway(card, tmp_path / "boot1", server.port, ssh_port, grpc_port)
     try:
         with _admin(server) as client:
             registered_after = _wait_for_heartbeats(client, first, 0)
+        # The gRPC port speaks TLS with the card's certificate and wants the towers' certificates.
+        assert _tower_call(grpc_port, port_pair, tower) == "ok"
+        assert _tower_call(grpc_port, port_pair, None) == "UNAVAILABLE"
         # Inside: the root is read-only, the config is the gateway's alone, the hostname is set.
         inside = ssh(
             key, ssh_port,
             "findmnt -no OPTIONS /; findmnt -no FSTYPE /var; "
-            "stat -c %a:%U /etc/navign/gateway.toml; hostname; "
+            "stat -c %a:%U /etc/navign/gateway.toml /etc/navign/tls/grpc.key; hostname; "
             "systemctl is-active navign-gateway; touch /x 2>&1 || true; "
             "df -B1 --output=size /var | tail -n 1",
         )  # fmt: skip
         assert inside.returncode == 0, inside.stderr
         lines = inside.stdout.splitlines()
         assert lines[0].split(",")[0] == "ro", lines
-        assert lines[1:5] == ["ext4", "600:navign", "navign-gw-qemu", "active"], lines
-        assert "Read-only file system" in lines[5], lines
+        assert lines[1:6] == ["ext4", "600:navign", "600:navign", "navign-gw-qemu", "active"], lines
+        assert "Read-only file system" in lines[6], lines
         # /var grew to the rest of the card at first boot.
-        assert int(lines[6]) > CARD_SIZE - built_image.stat().st_size, lines
+        assert int(lines[7]) > CARD_SIZE - built_image.stat().st_size, lines
     finally:
         first.power_off()  # a power cut, in the middle of the gateway's work
     console = first.console_text()
@@ -165,9 +196,11 @@ def test_first_boot_installs_the_config_and_the_gateway_registers(
     # The provisioning file was consumed; the token is no longer on the card.
     names = fat_list(card, "navign")
     assert "gateway.toml" not in names, names
+    assert "tls" not in names, names  # the port's private key left the card too
     report = fat_read(card, "navign/firstboot-report.txt")
     assert report is not None
     assert report.startswith(b"navign first boot: OK"), report
+    assert b"TLS for the gRPC port installed in /etc/navign/tls/" in report
     installed = fat_read(card, "navign/gateway.toml.installed")
     assert installed is not None
     assert token.encode() not in installed

@@ -273,6 +273,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="FILE",
         help="OpenSSH public keys: enables SSH (installs ssh and navign/authorized_keys)",
     )
+    p.add_argument(
+        "--grpc-tls",
+        metavar="DIR",
+        help="TLS for the gateway's gRPC port: DIR's grpc.crt, grpc.key and clients.pem "
+        "(optional: callers' CA), installed as navign/tls/",
+    )
     p.add_argument("--force", action="store_true", help="allow a disk that is not removable")
     p.add_argument("--dry-run", action="store_true", help="check and print the plan, write nothing")
     p.add_argument("--yes", action="store_true", help="do not ask before overwriting a device")

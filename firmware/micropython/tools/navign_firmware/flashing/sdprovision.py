@@ -1,9 +1,10 @@
 """What ``flash.sh sd`` puts into the FAT partition of a gateway card, and putting it there.
 
 :func:`validate_gateway_config` checks ``gateway.toml`` with the gateway's own model;
-:func:`card_files` gathers it (as ``navign/gateway.toml``) with ``navign/wifi.conf``, ``ssh`` and
-``navign/authorized_keys`` when asked. :func:`provision` copies them into partition 1 with mtools
-(the partition is never mounted) and reads them back.
+:func:`card_files` gathers it (as ``navign/gateway.toml``) with ``navign/wifi.conf``, ``ssh``,
+``navign/authorized_keys`` and ``navign/tls/`` (the gRPC port's certificate) when asked.
+:func:`provision` copies them into partition 1 with mtools (the partition is never mounted) and
+reads them back.
 
 Public: :class:`CardFile`, :func:`validate_gateway_config`, :func:`card_files`,
 :func:`provision`, and the constants :data:`PROVISION_DIR` and :data:`MTOOLS`.
@@ -28,6 +29,9 @@ PROVISION_DIR: Final = "navign"
 MTOOLS: Final = ("mdir", "mmd", "mcopy", "mtype")
 MTOOLS_TIMEOUT: Final = 60.0
 SSH_KEY_TYPES: Final = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
+TLS_KEYS: Final = ("tls_cert", "tls_key", "tls_client_ca")
+#: ``--grpc-tls DIR``: these files, read from DIR and put in navign/tls/ (the first two needed).
+TLS_FILES: Final = ("grpc.crt", "grpc.key", "clients.pem")
 _INLINE_KEY = re.compile(r"[0-9a-fA-F]{130}")
 
 
@@ -62,6 +66,13 @@ def _without_gateway_paths(data: dict[str, Any]) -> tuple[dict[str, Any], list[s
     if isinstance(probe.get("ca_bundle"), str) and probe["ca_bundle"]:
         notes.append(f"ca_bundle {probe['ca_bundle']} (on the gateway) not checked here")
         probe["ca_bundle"] = None
+    grpc = probe.get("grpc")
+    if isinstance(grpc, dict):
+        named = [k for k in TLS_KEYS if isinstance(grpc.get(k), str) and grpc[k]]
+        if named:
+            listed = ", ".join(f"{k} {grpc[k]}" for k in named)
+            notes.append(f"grpc {listed} (on the gateway) not checked here")
+            probe["grpc"] = {k: v for k, v in grpc.items() if k not in named}
     firmware = probe.get("firmware")
     keys = firmware.get("release_public_keys") if isinstance(firmware, dict) else None
     if isinstance(firmware, dict) and isinstance(keys, list):
@@ -134,9 +145,34 @@ def _authorized_keys(path: Path) -> bytes:
     return data
 
 
+def _grpc_tls(directory: Path) -> list[CardFile]:
+    """``grpc.crt``, ``grpc.key`` and ``clients.pem`` (optional) from ``directory``, checked as
+    the gateway will load them (the key matches, the CA bundle parses)."""
+    try:
+        from navign_gateway.grpc_tls import TlsError, TlsFiles, build_context
+    except ImportError:
+        raise sdimage.InputError("navign-gateway is not installed here: run make env") from None
+    cert, key, clients = (directory / name for name in TLS_FILES)
+    for needed in (cert, key):
+        if not needed.is_file():
+            raise sdimage.InputError(
+                f"{needed}: no such file (--grpc-tls needs grpc.crt and grpc.key)"
+            )
+    present = [path for path in (cert, key, clients) if path.is_file()]
+    data = [_read_input(path, "TLS file") for path in present]
+    try:
+        build_context(TlsFiles(cert, key, clients if clients.is_file() else None))
+    except TlsError as exc:
+        raise sdimage.InputError(f"--grpc-tls: {exc}; nothing written") from None
+    return [
+        CardFile(f"{PROVISION_DIR}/tls/{p.name}", d) for p, d in zip(present, data, strict=True)
+    ]
+
+
 def card_files(args: argparse.Namespace, config: bytes) -> tuple[CardFile, ...]:
-    """What goes onto the card: ``config`` (a validated gateway.toml), and the ``--wifi`` and
-    ``--ssh-authorized-keys`` files of ``args`` when given. Raises :class:`sdimage.InputError`."""
+    """What goes onto the card: ``config`` (a validated gateway.toml), and the ``--wifi``,
+    ``--ssh-authorized-keys`` and ``--grpc-tls`` files of ``args`` when given. Raises
+    :class:`sdimage.InputError`."""
     files = [CardFile(f"{PROVISION_DIR}/gateway.toml", config)]
     if args.wifi is not None:
         wifi = _read_input(Path(args.wifi), "Wi-Fi file")
@@ -146,6 +182,8 @@ def card_files(args: argparse.Namespace, config: bytes) -> tuple[CardFile, ...]:
     if args.ssh_authorized_keys is not None:
         keys = _authorized_keys(Path(args.ssh_authorized_keys))
         files += [CardFile("ssh", b""), CardFile(f"{PROVISION_DIR}/authorized_keys", keys)]
+    if getattr(args, "grpc_tls", None) is not None:
+        files += _grpc_tls(Path(args.grpc_tls))
     return tuple(files)
 
 
@@ -193,6 +231,16 @@ def provision(
                     f"{device}: a file named {PROVISION_DIR} is in the way"
                 )
             _mtools(["mmd", "-D", "s", "-i", target, f"::/{PROVISION_DIR}"], env)
+        subdirs = sorted({str(Path(f.name).parent) for f in files} - {".", PROVISION_DIR})
+        if subdirs:
+            names = _mtools(["mdir", "-b", "-i", target, f"::/{PROVISION_DIR}/"], env)
+            inside = {line.strip().lower() for line in names.decode(errors="replace").splitlines()}
+            for subdir in subdirs:  # navign/tls
+                if f"::/{subdir}/" in inside:
+                    continue
+                if f"::/{subdir}" in inside:
+                    raise sdimage.ProvisionError(f"{device}: a file named {subdir} is in the way")
+                _mtools(["mmd", "-D", "s", "-i", target, f"::/{subdir}"], env)
         for number, file in enumerate(files):
             host = home / f"file{number}"
             host.write_bytes(file.data)
