@@ -332,6 +332,9 @@ def test_the_grpc_port_over_tls_with_client_certificates(
     assert status["grpc_tls"]["client_certificates"] is True
     expiry = port_pair.certificate.not_valid_after_utc
     assert status["grpc_tls"]["not_after"] == expiry.isoformat()
+    shown = subprocess.run(gateway.command("status"), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert '"client_certificates": true' in shown.stdout
 
     def tls_channel(client: Issued | None) -> grpc.Channel:
         credentials = grpc.ssl_channel_credentials(

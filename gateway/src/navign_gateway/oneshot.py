@@ -74,7 +74,7 @@ async def status(config: GatewayConfig) -> dict[str, Any]:
 def describe(report: dict[str, Any]) -> list[str]:
     running = "running" if report.get("running") else "NOT running"
     lines = [f"gateway {report.get('gateway')} of {report.get('entity')}: {running}"]
-    for key in ("status", "uplink", "refused", "local_copy", "sync", "firmware_cache"):
+    for key in ("status", "uplink", "refused", "local_copy", "sync", "firmware_cache", "grpc_tls"):
         if report.get(key) is not None:
             value = report[key]
             shown = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
