@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from navign_gateway import cli
 from navign_gateway.config import ConfigError, load_config
@@ -181,6 +182,7 @@ def test_an_expiring_certificate_is_warned_about(
         ("garbage-cert", "cannot load"),
         ("missing-key", "no such file"),
         ("garbage-ca", "not a PEM CA bundle"),
+        ("encrypted-key", "the key is encrypted"),
     ],
 )
 def test_unusable_files_are_one_readable_error(
@@ -194,6 +196,14 @@ def test_unusable_files_are_one_readable_error(
         files.cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
     elif damage == "missing-key":
         files.key.unlink()
+    elif damage == "encrypted-key":  # OpenSSL would ask for its passphrase on the terminal
+        files.key.write_bytes(
+            pki["first"].private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"passphrase"),
+            )
+        )
     else:
         files.client_ca.write_text("a CA? no\n")
     with pytest.raises(TlsError, match=message) as raised:

@@ -21,6 +21,7 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ def _reason(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _encrypted(key: Path) -> str:
+    raise TlsError(f"{key}: the key is encrypted; the gateway needs it unencrypted (mode 0600)")
+
+
 def build_context(
     files: TlsFiles, on_handshake: Callable[..., None] | None = None
 ) -> ssl.SSLContext:
@@ -93,7 +98,10 @@ def build_context(
         if not path.is_file():
             raise TlsError(f"{path}: no such file")
     try:
-        context.load_cert_chain(files.cert, files.key)
+        # An encrypted key would make OpenSSL prompt on the terminal: refuse it instead.
+        context.load_cert_chain(files.cert, files.key, password=partial(_encrypted, files.key))
+    except TlsError:
+        raise
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
             raise TlsError(f"{files.key}: does not match the certificate {files.cert}") from None
