@@ -16,7 +16,9 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from navign_gateway import cli
 from navign_gateway.config import ConfigError, load_config
@@ -270,3 +272,73 @@ def test_the_gateway_warns_when_tokens_would_cross_the_network_in_the_clear(
         assert tls is not None
         assert tls.describe()["client_certificates"] is False
     assert not caplog.records
+
+
+# -- navign-gateway tls-init / tls-issue: a mall without a PKI ---------------------------------
+
+
+def _loaded(path: Path) -> Issued:
+    """A pair made by the tool, as the tests' helpers take it."""
+    certificate = x509.load_pem_x509_certificate(path.with_suffix(".crt").read_bytes())
+    key = serialization.load_pem_private_key(path.with_suffix(".key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return Issued(path.with_suffix(".crt"), path.with_suffix(".key"), key, certificate)
+
+
+async def test_tls_init_and_issue_make_a_working_port_and_towers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = tmp_path / "mall-pki"
+    assert cli.main(["tls-init", str(pki), "--address", "127.0.0.1", "--address", "gw.mall"]) == 0
+    assert "ca.key stays here" in capsys.readouterr().out
+    assert cli.main(["tls-issue", str(pki), "--client", "tower-1"]) == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*pki.iterdir(), *pki.glob("clients/*")]}
+    assert modes["ca.key"] == modes["grpc.key"] == modes["tower-1.key"] == 0o600
+    assert not [name for name in modes if name.startswith(".")]  # nothing staged is left
+    port = ServerTls(TlsFiles(pki / "grpc.crt", pki / "grpc.key", pki / "clients.pem"))
+    ca, tower = _loaded(pki / "ca"), _loaded(pki / "clients" / "tower-1")
+    async with serving(port) as listening:
+        assert await answers(listening, trust=ca, client=tower)
+        assert not await answers(listening, trust=ca)  # no client certificate
+        # Renewal from the same CA: the gateway picks it up, towers trust it as before.
+        before = port.not_after
+        assert cli.main(["tls-issue", str(pki), "--address", "127.0.0.1", "--days", "30"]) == 0
+        assert await answers(listening, trust=ca, client=tower)
+        assert port.reloads == 1
+        assert port.not_after < before
+
+
+def test_tls_tool_refusals_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = tmp_path / "pki"
+    assert cli.main(["tls-init", str(pki), "--address", "10.0.0.5"]) == 0
+    capsys.readouterr()
+    listing = sorted(str(p) for p in pki.rglob("*"))
+    refusals = {
+        ("tls-init", str(pki), "--address", "10.0.0.5"): "ca.crt exists",
+        ("tls-init", str(tmp_path / "new"), "--address", "bad_name"): "neither an IP address",
+        ("tls-init", str(tmp_path / "new2")): "at least one --address",
+        ("tls-issue", str(tmp_path / "none"), "--client", "t"): "tls-init makes the CA",
+        ("tls-issue", str(pki), "--client", "../escape"): "letters, digits",
+    }
+    for argv, message in refusals.items():
+        assert cli.main(list(argv)) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err, (argv, err)
+        assert "\n" not in err
+    assert not (tmp_path / "new").exists()
+    assert cli.main(["tls-issue", str(pki), "--client", "t"]) == 0
+    assert cli.main(["tls-issue", str(pki), "--client", "t"]) == 1
+    assert "exists; nothing written" in capsys.readouterr().err
+    (pki / "ca.key").write_bytes(_loaded_key_pem(tmp_path))
+    assert cli.main(["tls-issue", str(pki), "--client", "u"]) == 1
+    assert "not the key of" in capsys.readouterr().err
+    assert not (pki / "clients" / "u.crt").exists()
+    assert sorted(str(p) for p in pki.rglob("*") if "clients" not in p.parts) == [
+        p for p in listing if "clients" not in Path(p).parts
+    ]
+
+
+def _loaded_key_pem(tmp_path: Path) -> bytes:
+    return issue(tmp_path, "other").key_pem()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from navign_gateway import __version__
@@ -116,6 +116,38 @@ def cmd_token_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tls_init(args: argparse.Namespace) -> int:
+    from navign_gateway import tls_tool
+
+    return _tls(lambda: tls_tool.init(args.dir, args.address, days=args.days, ca_days=args.ca_days))
+
+
+def cmd_tls_issue(args: argparse.Namespace) -> int:
+    from navign_gateway import tls_tool
+
+    if args.client is not None:
+        return _tls(lambda: tls_tool.issue_client(args.dir, args.client, days=args.days))
+    return _tls(lambda: tls_tool.issue_port(args.dir, args.address, days=args.days))
+
+
+def _tls(make: Callable[[], str]) -> int:
+    from navign_gateway.tls_tool import TlsToolError
+
+    try:
+        print(make())
+    except TlsToolError as exc:
+        print(f"navign-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _days(text: str) -> int:
+    days = int(text)
+    if not 1 <= days <= 36500:
+        raise argparse.ArgumentTypeError("must be 1 to 36500")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="navign-gateway", description="Navign mall gateway.")
     parser.add_argument("--version", action="version", version=f"navign-gateway {__version__}")
@@ -147,6 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--generate", action="store_true", help="make a new random token; print it and its digest"
     )
     p.set_defaults(func=cmd_token_hash)
+    p = commands.add_parser(
+        "tls-init",
+        help="make a CA and the gRPC port's certificate in DIR, for a mall without its own PKI",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument(
+        "--address", action="append", default=[], metavar="ADDR",
+        help="an IP address or host name towers dial (repeat for several)",
+    )  # fmt: skip
+    p.add_argument("--days", type=_days, default=825, help="the port's certificate (default 825)")
+    p.add_argument("--ca-days", type=_days, default=3650, help="the CA (default 3650)")
+    p.set_defaults(func=cmd_tls_init)
+    p = commands.add_parser(
+        "tls-issue",
+        help="from DIR's CA: a caller's certificate (--client NAME) or a renewed port certificate",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--client", metavar="NAME", help="clients/NAME.crt and .key")
+    which.add_argument(
+        "--address", action="append", metavar="ADDR",
+        help="renew grpc.crt and grpc.key for these addresses (repeat for several)",
+    )  # fmt: skip
+    p.add_argument("--days", type=_days, default=825, help="validity (default 825)")
+    p.set_defaults(func=cmd_tls_issue)
     for name, func, text in (
         ("keygen", cmd_keygen, "create the gateway's identity key (never replaces one)"),
         ("show-key", cmd_show_key, "print the public key and fingerprint for pre-registration"),

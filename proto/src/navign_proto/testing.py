@@ -13,14 +13,13 @@ and fails at once with the old "Connection refused" (seen in CI). Channels made 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from navign_proto.certs import Pair, new_certificate
 
 OWN_SUBCHANNELS: tuple[str, int] = ("grpc.use_local_subchannel_pool", 1)
 """A grpcio channel option: this channel's subchannels are its own (``options=[...]``)."""
@@ -48,35 +47,13 @@ def issue(
     ca: bool = False,
     valid: dt.timedelta = dt.timedelta(days=90),
 ) -> Issued:
-    """``name``'s certificate for 127.0.0.1, self-signed unless ``issuer`` is given; written to
-    ``<directory>/<name>.crt`` and ``.key``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.certificate.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + valid)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(
-            x509.BasicConstraints(ca=ca or issuer is None, path_length=None), critical=True
-        )
+    """``name``'s certificate for 127.0.0.1, self-signed (and so its own CA) unless ``issuer``
+    is given; written to ``<directory>/<name>.crt`` and ``.key``."""
+    signer = Pair(issuer.certificate, issuer.private_key) if issuer else None
+    made = new_certificate(
+        name, issuer=signer, ca=ca or issuer is None, addresses=("127.0.0.1",), valid=valid
     )
-    certificate = builder.sign(issuer.private_key if issuer else key, hashes.SHA256())
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Issued(cert_path, key_path, key, certificate)
+    cert_path.write_bytes(made.cert_pem())
+    key_path.write_bytes(made.key_pem())
+    return Issued(cert_path, key_path, made.key, made.certificate)
