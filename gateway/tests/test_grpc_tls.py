@@ -177,6 +177,30 @@ def test_an_expiring_certificate_is_warned_about(
     assert not caplog.records
 
 
+def test_a_running_gateway_warns_daily_and_notices_rotation_without_connections(
+    tmp_path: Path, pki: dict[str, Issued], caplog: pytest.LogCaptureFixture
+) -> None:
+    soon = issue(tmp_path, "soon", valid=dt.timedelta(days=10))
+    files = files_from(tmp_path, soon)
+    clock = [dt.datetime.now(dt.UTC)]
+    with caplog.at_level(logging.WARNING, logger="navign_gateway.grpc_tls"):
+        tls = ServerTls(files, now=lambda: clock[0])
+        for _ in range(23):  # hourly checks within the day of the first warning: silent
+            clock[0] += dt.timedelta(hours=1)
+            tls.check()
+        assert len(caplog.records) == 1
+        clock[0] += dt.timedelta(hours=1)
+        tls.check()
+        assert len(caplog.records) == 2
+        assert "expires in 8 days" in caplog.records[-1].getMessage()
+        install(pki["first"], files.cert, files.key)  # renewed; no caller has connected since
+        clock[0] += dt.timedelta(days=1)
+        tls.check()
+    assert tls.reloads == 1
+    assert tls.not_after == pki["first"].certificate.not_valid_after_utc
+    assert len(caplog.records) == 2  # 90 days left: no more warnings
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -330,6 +330,8 @@ class Gateway:
         self._spawn(self.tasks.run(), "tasks")
         self._spawn(self.rollouts.run(), "rollouts")
         self._spawn(self.inventory.run_flusher(), "inventory")
+        if self.grpc_tls is not None:
+            self._spawn(self.grpc_tls.run(), "grpc-tls")
         self._spawn(self._follow_mall_beacons(), "mall-beacons")
         self._spawn(self._report_beacons(), "beacon-reports")
         if self.ble is not None:

@@ -15,6 +15,7 @@ mode from the first context); which CAs are trusted for them follows the file.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -27,6 +28,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 EXPIRY_WARNING = dt.timedelta(days=14)
+#: How often a running gateway checks the files and the expiry without a new connection.
+CHECK_SECONDS = 3600.0
+#: A certificate near its expiry is warned about at most this often while the gateway runs.
+REWARN = dt.timedelta(days=1)
 
 
 class TlsError(Exception):
@@ -131,6 +136,7 @@ class ServerTls:
         self._refused: _Stamp | None = None
         self.not_after = not_after(files.cert)
         self.reloads = 0
+        self._warned_at: dt.datetime | None = None
         # The listening context only hands each handshake to the current one.
         self.context = build_context(files, on_handshake=self._handshake)
         self._warn_if_expiring()
@@ -164,8 +170,28 @@ class ServerTls:
         self._warn_if_expiring()
         return True
 
+    def check(self) -> None:
+        """What a running gateway does every :data:`CHECK_SECONDS`: reload changed files (so
+        the status is right even when no caller connects) and warn, once a day, about a
+        certificate near its expiry (gateways run for months)."""
+        self.reload_if_changed()
+        if self._warned_at is None or self._now() - self._warned_at >= REWARN:
+            self._warn_if_expiring()
+
+    async def run(self) -> None:
+        """:meth:`check` every :data:`CHECK_SECONDS`, until cancelled."""
+        while True:
+            await asyncio.sleep(CHECK_SECONDS)
+            try:
+                self.check()
+            except Exception:  # a check must never end the gateway's TLS
+                log.exception("gRPC TLS: the periodic check failed")
+
     def _warn_if_expiring(self) -> None:
-        left = self.not_after - self._now()
+        now = self._now()
+        left = self.not_after - now
+        if left <= EXPIRY_WARNING:
+            self._warned_at = now
         if left <= dt.timedelta(0):
             log.warning(
                 "gRPC TLS: the certificate %s expired on %s", self.files.cert, self.not_after.date()
