@@ -364,6 +364,7 @@ def test_the_grpc_port_over_tls_with_client_certificates(
     gauge = [line for line in lines if line.startswith("orchestrator_grpc_tls_not_after_seconds ")]
     assert len(gauge) == 1, lines
     assert abs(float(gauge[0].split()[1]) - expiry.timestamp()) < 1
+    assert gateway.stop() == 0  # the TLS checker stops with the rest
 
 
 def test_systemd_notify_ready_watchdog_and_stopping(
