@@ -30,7 +30,7 @@ from navign_proto.grpc.navign.gateway.v1 import gateway_pb2 as pb
 from navign_proto.grpc.navign.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from navign_proto.mall import COLLECTIONS, Chip
 from navign_proto.manifest import ImageEntry, ReleaseManifest, sign_manifest
-from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue
+from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue, tls_credentials
 from navign_server.testing import ServerProcess
 
 from .conftest import ENTITY, EXAMPLE_MALL, GatewayProcess
@@ -337,11 +337,7 @@ def test_the_grpc_port_over_tls_with_client_certificates(
     assert '"client_certificates": true' in shown.stdout
 
     def tls_channel(client: Issued | None) -> grpc.Channel:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=port_pair.pem(),
-            private_key=client.key_pem() if client else None,
-            certificate_chain=client.pem() if client else None,
-        )
+        credentials = tls_credentials(port_pair, client)
         return grpc.secure_channel(
             f"127.0.0.1:{gateway.grpc_port}", credentials, options=[OWN_SUBCHANNELS]
         )

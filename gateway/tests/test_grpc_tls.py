@@ -25,7 +25,7 @@ from navign_gateway.config import ConfigError, load_config
 from navign_gateway.daemon import Gateway
 from navign_gateway.grpc_tls import ServerTls, TlsError, TlsFiles, build_context
 from navign_gateway.grpc_transport import GrpcServer
-from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue
+from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue, tls_credentials
 
 from .test_grpc_transport import SERVICE, Echo, call, report
 
@@ -42,11 +42,7 @@ async def serving(tls: ServerTls) -> AsyncIterator[int]:
 
 
 def channel(port: int, trust: Issued, client: Issued | None = None) -> grpc.aio.Channel:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=trust.pem(),
-        private_key=client.key_pem() if client else None,
-        certificate_chain=client.pem() if client else None,
-    )
+    credentials = tls_credentials(trust, client)
     return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=[OWN_SUBCHANNELS])
 
 
@@ -355,14 +351,10 @@ def test_tls_tool_refusals_are_one_line_and_write_nothing(
     assert cli.main(["tls-issue", str(pki), "--client", "t"]) == 0
     assert cli.main(["tls-issue", str(pki), "--client", "t"]) == 1
     assert "exists; nothing written" in capsys.readouterr().err
-    (pki / "ca.key").write_bytes(_loaded_key_pem(tmp_path))
+    (pki / "ca.key").write_bytes(issue(tmp_path, "other").key_pem())
     assert cli.main(["tls-issue", str(pki), "--client", "u"]) == 1
     assert "not the key of" in capsys.readouterr().err
     assert not (pki / "clients" / "u.crt").exists()
     assert sorted(str(p) for p in pki.rglob("*") if "clients" not in p.parts) == [
         p for p in listing if "clients" not in Path(p).parts
     ]
-
-
-def _loaded_key_pem(tmp_path: Path) -> bytes:
-    return issue(tmp_path, "other").key_pem()

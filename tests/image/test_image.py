@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from navign_proto.grpc import task_pb2, task_pb2_grpc
-from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue
+from navign_proto.testing import OWN_SUBCHANNELS, Issued, issue, tls_credentials
 from navign_server.testing import ServerProcess, free_port
 
 from ..conftest import ENTITY, EXAMPLE_MALL
@@ -77,11 +77,7 @@ def _gateway_toml(token: str) -> str:
 
 def _tower_call(port: int, trust: Issued, client: Issued | None) -> str:
     """A robot report to the appliance's gRPC port over TLS: "ok", or the status code's name."""
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=trust.pem(),
-        private_key=client.key_pem() if client else None,
-        certificate_chain=client.pem() if client else None,
-    )
+    credentials = tls_credentials(trust, client)
     robot = task_pb2.RobotInfo(id="robot-qemu", entity_id=ENTITY, last_seen=int(time.time()))
     with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=[OWN_SUBCHANNELS]) as ch:
         stub = task_pb2_grpc.OrchestratorServiceStub(ch)

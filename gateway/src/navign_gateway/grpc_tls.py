@@ -34,6 +34,11 @@ CHECK_SECONDS = 3600.0
 REWARN = dt.timedelta(days=1)
 
 
+#: A TLS folder's files (``tls-init``'s output, a card's ``navign/tls/``): the port's certificate
+#: and key, and the CA bundle callers' certificates must come from (optional).
+FOLDER_FILES = ("grpc.crt", "grpc.key", "clients.pem")
+
+
 class TlsError(Exception):
     """The certificate, key or client CA cannot be used; the message is one line."""
 
@@ -45,11 +50,7 @@ class TlsFiles:
     client_ca: Path | None = None
 
     def paths(self) -> tuple[Path, ...]:
-        return (
-            (self.cert, self.key)
-            if self.client_ca is None
-            else (self.cert, self.key, self.client_ca)
-        )
+        return tuple(p for p in (self.cert, self.key, self.client_ca) if p is not None)
 
 
 _Stamp = tuple[tuple[int, int, int], ...]
@@ -132,13 +133,13 @@ class ServerTls:
         self.files = files
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
         self._stamp = _stamp(files)
-        self._current = build_context(files)
+        #: The listening socket's; each handshake is handed to :attr:`_current` (at first, this).
+        self.context = build_context(files, on_handshake=self._handshake)
+        self._current = self.context
         self._refused: _Stamp | None = None
         self.not_after = not_after(files.cert)
         self.reloads = 0
         self._warned_at: dt.datetime | None = None
-        # The listening context only hands each handshake to the current one.
-        self.context = build_context(files, on_handshake=self._handshake)
         self._warn_if_expiring()
 
     @property

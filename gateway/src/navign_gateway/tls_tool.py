@@ -21,11 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from navign_gateway.grpc_tls import FOLDER_FILES
 from navign_proto.certs import Pair, alternative_names, new_certificate
 
 CA_FILES = ("ca.crt", "ca.key")
-PORT_FILES = ("grpc.crt", "grpc.key")
-CLIENTS = "clients.pem"
+PORT_CERT, PORT_KEY, CLIENTS = FOLDER_FILES
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -78,8 +78,8 @@ def _port_files(
         valid=dt.timedelta(days=days),
     )
     return {
-        directory / "grpc.crt": (port.cert_pem(), 0o644),
-        directory / "grpc.key": (port.key_pem(), 0o600),
+        directory / PORT_CERT: (port.cert_pem(), 0o644),
+        directory / PORT_KEY: (port.key_pem(), 0o600),
     }
 
 
@@ -88,7 +88,7 @@ def init(directory: Path, addresses: Sequence[str], *, days: int, ca_days: int) 
     any file. Returns a summary line."""
     addresses = _addresses(addresses)
     directory.mkdir(parents=True, exist_ok=True)
-    present = [name for name in (*CA_FILES, *PORT_FILES, CLIENTS) if (directory / name).exists()]
+    present = [name for name in (*CA_FILES, *FOLDER_FILES) if (directory / name).exists()]
     if present:
         raise TlsToolError(f"{directory / present[0]} exists; nothing written (tls-issue renews)")
     ca = new_certificate(

@@ -1,7 +1,8 @@
 """Helpers for the tests of every package (not used by the products themselves).
 
 - :data:`OWN_SUBCHANNELS`, for tests that call gRPC servers through grpcio;
-- :func:`issue`, certificates for TLS tests (P-256, PEM files for 127.0.0.1).
+- :func:`issue`, certificates for TLS tests (P-256, PEM files for 127.0.0.1), and
+  :func:`tls_credentials` for a grpcio client trusting one and presenting another.
 
 grpcio shares subchannels between every channel of a process by target and options. A test's
 channel left to a port whose server has gone holds a subchannel in its reconnect backoff; when a
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -57,3 +59,15 @@ def issue(
     cert_path.write_bytes(made.cert_pem())
     key_path.write_bytes(made.key_pem())
     return Issued(cert_path, key_path, made.key, made.certificate)
+
+
+def tls_credentials(trust: Issued, client: Issued | None = None) -> Any:
+    """grpcio channel credentials that trust ``trust`` and present ``client`` when given
+    (grpcio is imported here: it is navign-proto's optional ``grpc`` extra)."""
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=trust.pem(),
+        private_key=client.key_pem() if client else None,
+        certificate_chain=client.pem() if client else None,
+    )

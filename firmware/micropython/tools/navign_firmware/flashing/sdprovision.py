@@ -30,8 +30,6 @@ MTOOLS: Final = ("mdir", "mmd", "mcopy", "mtype")
 MTOOLS_TIMEOUT: Final = 60.0
 SSH_KEY_TYPES: Final = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
 TLS_KEYS: Final = ("tls_cert", "tls_key", "tls_client_ca")
-#: ``--grpc-tls DIR``: these files, read from DIR and put in navign/tls/ (the first two needed).
-TLS_FILES: Final = ("grpc.crt", "grpc.key", "clients.pem")
 _INLINE_KEY = re.compile(r"[0-9a-fA-F]{130}")
 
 
@@ -146,26 +144,28 @@ def _authorized_keys(path: Path) -> bytes:
 
 
 def _grpc_tls(directory: Path) -> list[CardFile]:
-    """``grpc.crt``, ``grpc.key`` and ``clients.pem`` (optional) from ``directory``, checked as
-    the gateway will load them (the key matches, the CA bundle parses)."""
+    """``grpc.crt``, ``grpc.key`` and ``clients.pem`` (optional) from ``directory`` (the gateway's
+    TLS folder layout), checked as the gateway will load them (the key matches, the CA bundle
+    parses)."""
     try:
-        from navign_gateway.grpc_tls import TlsError, TlsFiles, build_context
+        from navign_gateway.grpc_tls import FOLDER_FILES, TlsError, TlsFiles, build_context
     except ImportError:
         raise sdimage.InputError("navign-gateway is not installed here: run make env") from None
-    cert, key, clients = (directory / name for name in TLS_FILES)
+    cert, key, clients = (directory / name for name in FOLDER_FILES)
     for needed in (cert, key):
         if not needed.is_file():
             raise sdimage.InputError(
                 f"{needed}: no such file (--grpc-tls needs grpc.crt and grpc.key)"
             )
-    present = [path for path in (cert, key, clients) if path.is_file()]
-    data = [_read_input(path, "TLS file") for path in present]
+    files = TlsFiles(cert, key, clients if clients.is_file() else None)
+    data = [_read_input(path, "TLS file") for path in files.paths()]
     try:
-        build_context(TlsFiles(cert, key, clients if clients.is_file() else None))
+        build_context(files)
     except TlsError as exc:
         raise sdimage.InputError(f"--grpc-tls: {exc}; nothing written") from None
     return [
-        CardFile(f"{PROVISION_DIR}/tls/{p.name}", d) for p, d in zip(present, data, strict=True)
+        CardFile(f"{PROVISION_DIR}/tls/{p.name}", d)
+        for p, d in zip(files.paths(), data, strict=True)
     ]
 
 
